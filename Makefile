@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make run` (serve on embedded defaults) and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+WORKERS ?= 2
+
+.PHONY: run test venv bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install when the package metadata changes.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Local use only: authentication is switched off (the service says so at start-up).
+run: venv
+	MSKCDS_REQUIRE_AUTH=$${MSKCDS_REQUIRE_AUTH:-false} $(BIN)/mskcds serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_service.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,94 @@
+"""Typed facts about one patient: what ``normalize`` produces and ``evaluate`` reads.
+
+Everything here is already checked and unit-converted: a Measurement's
+``value`` is in the canonical unit of its kind (as declared in ``rules/``),
+it belongs to the patient in context, has a usable status and a date.
+Resources that could not be trusted never become facts; ``excluded`` says
+(without patient data) why each one was left out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Measurement:
+    kind: str                 # value-set name in rules/valuesets.yaml, e.g. "vitamin-d-25oh", "t-score"
+    value: float              # in the kind's canonical unit
+    unit: str                 # canonical UCUM code, e.g. "ng/mL", "kg", "m/s", "{T-score}"
+    when: datetime            # timezone-aware; effectiveDateTime, else effectivePeriod.end, else issued
+    code: str                 # "system|code" that matched
+    display: str              # the value set's display for that code
+    original_value: float     # as sent, for the card
+    original_unit: str        # as sent (UCUM code), for the card
+    site: str | None = None   # DXA site from the value set: lumbar-spine, total-hip, femur, femoral-neck, radius
+    laterality: str | None = None  # left / right, when the code says so
+    comparator: str | None = None  # "<", "<=", ">=", ">" as sent in valueQuantity.comparator
+    resource_id: str | None = None
+
+    @property
+    def day(self) -> date:
+        return self.when.date()
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    category: str             # value-set name, e.g. "fracture", "ckd-stage-4-5", "osteoporosis"
+    code: str                 # "system|code"
+    display: str
+    onset: date | None = None
+    resource_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MedicationFact:
+    category: str             # value-set name, e.g. "vitamin-d", "osteoporosis-therapy"
+    code: str                 # "system|code" (or "text|<keyword>" when matched on text by the value set)
+    display: str
+    authored: date | None = None
+    resource_id: str | None = None
+
+
+@dataclass
+class PatientFacts:
+    patient_id: str
+    as_of: date
+    gender: str | None = None          # "male" | "female"; anything else is None (sex-specific rules then skip)
+    birth_date: date | None = None
+    measurements: dict[str, list[Measurement]] = field(default_factory=dict)   # newest first
+    conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
+    medications: dict[str, list[MedicationFact]] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)  # reasons, no patient data
+
+    @property
+    def age(self) -> int | None:
+        if self.birth_date is None:
+            return None
+        b, t = self.birth_date, self.as_of
+        return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
+
+    def latest(self, kind: str) -> Measurement | None:
+        values = self.measurements.get(kind)
+        return values[0] if values else None
+
+    def all(self, kind: str) -> list[Measurement]:
+        return list(self.measurements.get(kind, ()))
+
+    def has_condition(self, category: str) -> bool:
+        return bool(self.conditions.get(category))
+
+    def has_medication(self, category: str) -> bool:
+        return bool(self.medications.get(category))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One clinical finding; ``cards`` turns each into exactly one card."""
+
+    code: str                                  # finding name, e.g. "vitamin-d-deficiency"
+    indicator: str                             # info | warning | critical
+    evidence: tuple[Measurement, ...] = ()     # the values the finding rests on (shown on the card)
+    variables: Mapping[str, object] = field(default_factory=dict)  # for the card text templates
+    suggestions: tuple[str, ...] = ()          # suggestion ids (rules/) to offer on the card

@@ -1,0 +1,49 @@
+"""Structured logging: one JSON object per line.
+
+Never log patient identifiers, resource contents, JWTs or access tokens. The
+request line carries only method, route template, service id, hook, status,
+latency, counts and a random request id.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_CONFIGURED = False
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(out, separators=(",", ":"), default=str)
+
+
+def configure(level: str = "INFO") -> None:
+    global _CONFIGURED
+    root = logging.getLogger("mskcds")
+    root.setLevel(level.upper())
+    if _CONFIGURED:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.propagate = False
+    _CONFIGURED = True
+
+
+def request_line(**fields: Any) -> None:
+    logging.getLogger("mskcds.access").info("request", extra={"fields": fields})

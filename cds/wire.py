@@ -1,0 +1,348 @@
+"""Wire schemas: the CDS Hooks 2.0 envelope (https://cds-hooks.hl7.org/2.0/).
+
+Requests are *loaded* (validated) with these schemas before anything else
+touches them; every card, response and discovery document is *checked* with
+them before it leaves. ``load_or_raise`` turns marshmallow's nested error dict
+into one OperationOutcome issue per problem, each naming its field.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields,
+                         validate, validates_schema)
+
+from .errors import BadRequest, Issue
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+PREFETCH_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+SUMMARY_MAX = 139  # the spec: "<140 characters"
+
+
+# --------------------------------------------------------------------------- helpers
+def flatten_errors(messages: Any, prefix: str = "") -> list[Issue]:
+    """marshmallow's nested ``messages`` → one Issue per leaf, with a dotted path."""
+    issues: list[Issue] = []
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            if key == "_schema":
+                path = prefix
+            elif isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            issues.extend(flatten_errors(value, path))
+    elif isinstance(messages, (list, tuple)):
+        if all(isinstance(m, str) for m in messages):
+            for m in messages:
+                issues.append(Issue(f"{prefix}: {m}" if prefix else m, expression=prefix or None))
+        else:
+            for m in messages:
+                issues.extend(flatten_errors(m, prefix))
+    else:
+        issues.append(Issue(f"{prefix}: {messages}" if prefix else str(messages),
+                            expression=prefix or None))
+    return issues
+
+
+def load_or_raise(schema: Schema, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise BadRequest(Issue("The request body must be a JSON object.", expression=prefix or None))
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise BadRequest(flatten_errors(exc.messages, prefix)) from None
+
+
+def empty_paths(value: Any, path: str = "") -> list[str]:
+    """Paths of every null, empty string, empty list or empty object (forbidden on the wire)."""
+    found: list[str] = []
+    if value is None or value == "" or value == [] or value == {}:
+        return [path or "<root>"]
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found.extend(empty_paths(item, f"{path}.{key}" if path else str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(empty_paths(item, f"{path}[{index}]"))
+    return found
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("must not be blank")
+
+
+NonBlank = validate.And(validate.Length(min=1), _not_blank)
+
+
+# --------------------------------------------------------------------------- request
+class FhirAuthorizationSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    access_token = fields.String(required=True, validate=NonBlank)
+    token_type = fields.String(required=True, validate=validate.Equal(
+        "Bearer", error="must be 'Bearer'"))
+    expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    scope = fields.String(required=True, validate=NonBlank)
+    subject = fields.String(required=True, validate=NonBlank)
+    patient = fields.String(validate=validate.Regexp(FHIR_ID, error="must be a FHIR id"))
+
+
+class PatientViewContextSchema(Schema):
+    """patient-view context (CDS Hooks Library, patient-view 1.0)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    userId = fields.String(required=True, validate=validate.Regexp(
+        r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$",
+        error="must be Practitioner/<id>, PractitionerRole/<id>, Patient/<id> or RelatedPerson/<id>"))
+    patientId = fields.String(required=True, validate=validate.Regexp(
+        FHIR_ID, error="must be a bare FHIR Patient id (no 'Patient/' prefix)"))
+    encounterId = fields.String(validate=validate.Regexp(FHIR_ID, error="must be a bare FHIR id"))
+
+
+#: hook name → context schema. A service answers only the hook it declares.
+CONTEXT_SCHEMAS: dict[str, type[Schema]] = {"patient-view": PatientViewContextSchema}
+
+
+class HookRequestSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # extensions and future fields are tolerated, never used
+
+    hook = fields.String(required=True, validate=NonBlank)
+    hookInstance = fields.UUID(required=True)
+    fhirServer = fields.Url(require_tld=False, schemes={"http", "https"})
+    fhirAuthorization = fields.Nested(FhirAuthorizationSchema)
+    context = fields.Dict(required=True)
+    prefetch = fields.Dict(keys=fields.String(validate=validate.Regexp(
+        PREFETCH_KEY, error="prefetch keys are letters, digits, '-' and '_'")),
+        values=fields.Raw(allow_none=True))
+    extension = fields.Dict()
+
+    @validates_schema
+    def _cross_checks(self, data: dict, **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        if "fhirAuthorization" in data and "fhirServer" not in data:
+            errors["fhirServer"] = ["is required when fhirAuthorization is present"]
+        for key, value in (data.get("prefetch") or {}).items():
+            if value is not None and not isinstance(value, Mapping):
+                errors.setdefault("prefetch", []).append(
+                    f"prefetch.{key} must be a FHIR resource (JSON object) or null")
+            elif isinstance(value, Mapping) and not isinstance(value.get("resourceType"), str):
+                errors.setdefault("prefetch", []).append(
+                    f"prefetch.{key} has no resourceType")
+        if errors:
+            raise ValidationError(errors)
+
+
+def load_hook_request(payload: Any, expected_hook: str) -> dict[str, Any]:
+    """Validate a service call for a service that answers ``expected_hook``."""
+    data = load_or_raise(HookRequestSchema(), payload)
+    if data["hook"] != expected_hook:
+        raise BadRequest(Issue(f"hook: this service answers '{expected_hook}', not '{data['hook']}'",
+                               expression="hook", code="not-supported"))
+    schema_cls = CONTEXT_SCHEMAS.get(expected_hook)
+    if schema_cls is None:  # pragma: no cover - guarded by service registry
+        raise BadRequest(Issue(f"hook '{expected_hook}' is not supported", expression="hook"))
+    data["context"] = load_or_raise(schema_cls(), data["context"], prefix="context")
+    data.setdefault("prefetch", {})
+    return data
+
+
+# --------------------------------------------------------------------------- response
+class CodingSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    system = fields.String(required=True, validate=NonBlank)
+    code = fields.String(required=True, validate=NonBlank)
+    display = fields.String(validate=NonBlank)
+
+
+class SourceSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    label = fields.String(required=True, validate=NonBlank)
+    url = fields.Url(require_tld=False)
+    icon = fields.Url(require_tld=False)
+    topic = fields.Nested(CodingSchema)
+
+
+class ActionSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.OneOf(["create", "update", "delete"]))
+    description = fields.String(required=True, validate=NonBlank)
+    resource = fields.Dict()
+    resourceId = fields.List(fields.String(validate=NonBlank))
+
+    @validates_schema
+    def _resource_for_type(self, data: dict, **kwargs: Any) -> None:
+        if data["type"] in {"create", "update"} and "resource" not in data:
+            raise ValidationError({"resource": ["is required for create and update actions"]})
+        if data["type"] == "delete" and "resourceId" not in data:
+            raise ValidationError({"resourceId": ["is required for delete actions"]})
+
+
+class SuggestionSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    label = fields.String(required=True, validate=NonBlank)
+    uuid = fields.UUID(required=True)
+    isRecommended = fields.Boolean()
+    actions = fields.List(fields.Nested(ActionSchema), validate=validate.Length(min=1))
+
+
+class LinkSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    label = fields.String(required=True, validate=NonBlank)
+    url = fields.Url(required=True, require_tld=False)
+    type = fields.String(required=True, validate=validate.OneOf(["absolute", "smart"]))
+    appContext = fields.String(validate=NonBlank)
+    autolaunchable = fields.Boolean()
+
+
+class CardSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    uuid = fields.UUID(required=True)
+    summary = fields.String(required=True, validate=validate.And(
+        NonBlank, validate.Length(max=SUMMARY_MAX)))
+    detail = fields.String(validate=NonBlank)
+    indicator = fields.String(required=True, validate=validate.OneOf(["info", "warning", "critical"]))
+    source = fields.Nested(SourceSchema, required=True)
+    suggestions = fields.List(fields.Nested(SuggestionSchema), validate=validate.Length(min=1))
+    selectionBehavior = fields.String(validate=validate.OneOf(["at-most-one", "any"]))
+    overrideReasons = fields.List(fields.Nested(CodingSchema), validate=validate.Length(min=1))
+    links = fields.List(fields.Nested(LinkSchema), validate=validate.Length(min=1))
+
+    @validates_schema
+    def _selection(self, data: dict, **kwargs: Any) -> None:
+        if data.get("suggestions") and "selectionBehavior" not in data:
+            raise ValidationError({"selectionBehavior": ["is required when suggestions are present"]})
+        uuids = [str(s["uuid"]) for s in data.get("suggestions", [])]
+        if len(uuids) != len(set(uuids)):
+            raise ValidationError({"suggestions": ["suggestion uuids must be unique"]})
+
+
+class SystemActionSchema(ActionSchema):
+    pass
+
+
+class ResponseSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    cards = fields.List(fields.Nested(CardSchema), required=True)
+    systemActions = fields.List(fields.Nested(SystemActionSchema), validate=validate.Length(min=1))
+
+
+class ServiceDefinitionSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    hook = fields.String(required=True, validate=NonBlank)
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9\-_.]+$"))
+    title = fields.String(validate=NonBlank)
+    description = fields.String(required=True, validate=NonBlank)
+    prefetch = fields.Dict(keys=fields.String(validate=validate.Regexp(PREFETCH_KEY)),
+                           values=fields.String(validate=NonBlank))
+    usageRequirements = fields.String(validate=NonBlank)
+
+
+class DiscoverySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    services = fields.List(fields.Nested(ServiceDefinitionSchema), required=True)
+
+
+class WireError(AssertionError):
+    """Something *we* produced breaks the wire contract: a bug, never the client's fault."""
+
+
+def check_outgoing(schema: Schema, document: Mapping[str, Any], what: str) -> None:
+    """Raise WireError if an outgoing document is not spec-valid (including empty values)."""
+    errors = schema.validate(document)
+    if isinstance(schema, ResponseSchema):
+        # The one empty value the spec allows: a response with no cards.
+        empties = [p for i, card in enumerate(document.get("cards") or [])
+                   for p in empty_paths(card, f"cards[{i}]")]
+        empties += empty_paths({k: v for k, v in document.items() if k != "cards"} or {"_": 1})
+    else:
+        empties = empty_paths(document)
+    if errors or empties:
+        raise WireError(f"{what} breaks the CDS Hooks wire contract: errors={errors} empty={empties}")
+
+
+def check_card(card: Mapping[str, Any]) -> None:
+    check_outgoing(CardSchema(), card, "card")
+
+
+# --------------------------------------------------------------------------- feedback
+class OverrideReasonSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    reason = fields.Nested(CodingSchema)
+    userComment = fields.String(validate=NonBlank)
+
+    @validates_schema
+    def _some_content(self, data: dict, **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("overrideReason needs a reason or a userComment")
+
+
+class AcceptedSuggestionSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.UUID(required=True)
+
+
+class FeedbackItemSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    card = fields.UUID(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(["accepted", "overridden"]))
+    acceptedSuggestions = fields.List(fields.Nested(AcceptedSuggestionSchema))
+    overrideReason = fields.Nested(OverrideReasonSchema)
+    outcomeTimestamp = fields.AwareDateTime(required=True, format="iso")
+
+    @validates_schema
+    def _outcome_rules(self, data: dict, **kwargs: Any) -> None:
+        if data.get("outcome") == "accepted":
+            if not data.get("acceptedSuggestions"):
+                raise ValidationError({"acceptedSuggestions": ["is required when outcome is 'accepted'"]})
+            if "overrideReason" in data:
+                raise ValidationError({"overrideReason": ["only allowed when outcome is 'overridden'"]})
+        if data.get("outcome") == "overridden" and data.get("acceptedSuggestions"):
+            raise ValidationError({"acceptedSuggestions": ["only allowed when outcome is 'accepted'"]})
+
+
+class FeedbackSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    feedback = fields.List(fields.Nested(FeedbackItemSchema), required=True,
+                           validate=validate.Length(min=1))
+
+
+def load_feedback(payload: Any) -> list[dict[str, Any]]:
+    return load_or_raise(FeedbackSchema(), payload)["feedback"]
+
+
+def coding_list(items: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    return [dict(item) for item in items]

@@ -1,0 +1,121 @@
+"""Shared fixtures: a real server process, the shared external data, an app factory."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "external"
+EXAMPLES = REPO / "fhir_examples"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared/external; skipped with a reason when absent (CI sets MSKCDS_REQUIRE_SHARED=1)."""
+    if not SHARED.is_dir():
+        if os.environ.get("MSKCDS_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{SHARED} is required in CI but missing")
+        pytest.skip(f"{SHARED} not found: run from a checkout with ../shared beside it")
+    return SHARED
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class ServerProcess:
+    """gunicorn serving cds.wsgi:application in its own process, on a free port."""
+
+    def __init__(self, env: Mapping[str, str], workers: int = 2, log_path: Path | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MSKCDS_LOG_LEVEL": "INFO", **env}
+        self.workers = workers
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+               "--workers", str(self.workers), "--worker-class", "gthread", "--threads", "4",
+               "--timeout", "30", "--graceful-timeout", "5", "--preload", "cds.wsgi:application"]
+        self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = self.log_path.read_text() if self.log_path else ""
+                raise RuntimeError(f"server exited with {self.proc.returncode}\n{log}")
+            try:
+                if requests.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not become healthy in time")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log_file not in (None, subprocess.DEVNULL):
+            self._log_file.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+@contextlib.contextmanager
+def run_server(env: Mapping[str, str], tmp_path: Path, workers: int = 2) -> Iterator[ServerProcess]:
+    env = {"MSKCDS_DATABASE_URL": f"sqlite:///{tmp_path / 'mskcds.sqlite3'}", **env}
+    server = ServerProcess(env, workers=workers, log_path=tmp_path / "server.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server with authentication off (as `make run`), shared by a test module."""
+    tmp = tmp_path_factory.mktemp("server")
+    with run_server({"MSKCDS_REQUIRE_AUTH": "false"}, tmp) as server:
+        yield server
+
+
+@pytest.fixture()
+def make_app(tmp_path: Path):
+    """Build an in-process app (Flask test client) with MSKCDS_* overrides."""
+    from cds import create_app
+
+    def factory(**overrides: Any):
+        base = {"require_auth": False, "database_url": f"sqlite:///{tmp_path / 'app.sqlite3'}"}
+        base.update(overrides)
+        return create_app(base)
+
+    return factory

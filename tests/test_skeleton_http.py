@@ -1,0 +1,65 @@
+"""Edges of the HTTP layer through a real server process."""
+from __future__ import annotations
+
+import uuid
+
+import requests
+
+
+def pv_request(**over):
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/example", "patientId": "p1"},
+            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}}}
+    body.update(over)
+    return body
+
+
+def test_discovery_lists_bone_muscle_health(open_server):
+    r = requests.get(open_server.url("/cds-services"), timeout=5)
+    assert r.status_code == 200
+    services = {s["id"]: s for s in r.json()["services"]}
+    assert services["bone-muscle-health"]["hook"] == "patient-view"
+    assert services["bone-muscle-health"]["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+def test_unknown_service_is_404_json(open_server):
+    r = requests.post(open_server.url("/cds-services/nope"), json=pv_request(), timeout=5)
+    assert r.status_code == 404
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_wrong_method_is_405_json(open_server):
+    r = requests.delete(open_server.url("/cds-services/bone-muscle-health"), timeout=5)
+    assert r.status_code == 405
+    assert r.json()["issue"][0]["code"] == "not-supported"
+
+
+def test_not_json_is_400_and_wrong_type_415(open_server):
+    url = open_server.url("/cds-services/bone-muscle-health")
+    r = requests.post(url, data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    r = requests.post(url, data=b"hook=x", headers={"Content-Type": "text/plain"}, timeout=5)
+    assert r.status_code == 415
+
+
+def test_missing_context_field_names_the_field(open_server):
+    body = pv_request()
+    del body["context"]["patientId"]
+    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=5)
+    assert r.status_code == 400
+    assert ["context.patientId"] in [i.get("expression") for i in r.json()["issue"]]
+
+
+def test_cors_preflight(open_server):
+    r = requests.options(open_server.url("/cds-services/bone-muscle-health"), headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"}, timeout=5)
+    assert r.status_code == 204
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+
+
+def test_no_data_gives_empty_cards(open_server):
+    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=pv_request(), timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"cards": []}
