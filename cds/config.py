@@ -50,6 +50,8 @@ class Config:
     allowed_fhir_servers: tuple[str, ...] = ()
     jwt_leeway_seconds: int = 30
     jwks_cache_seconds: int = 3600
+    # "memory" (per worker process!) or a SQLAlchemy URL shared by all workers/instances
+    replay_cache_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'mskcds-replay.sqlite3'}"
     # --- FHIR server fallback ----------------------------------------------
     fhir_connect_timeout: float = 2.0
     fhir_read_timeout: float = 5.0
@@ -96,6 +98,10 @@ class Config:
             raise ConfigError("MSKCDS_MAX_BODY_BYTES must be positive")
         if self.feedback_unknown_card not in {"reject", "flag"}:
             raise ConfigError("MSKCDS_FEEDBACK_UNKNOWN_CARD must be 'reject' or 'flag'")
+        if self.jwt_leeway_seconds < 0 or self.jwt_leeway_seconds > 300:
+            raise ConfigError("MSKCDS_JWT_LEEWAY_SECONDS must be between 0 and 300")
+        if self.jwks_cache_seconds < 0:
+            raise ConfigError("MSKCDS_JWKS_CACHE_SECONDS must not be negative")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MSKCDS_{name.upper()} must be positive")
