@@ -60,7 +60,9 @@ class Engine:
                  today: Callable[[], date] | None = None):
         self.config = config
         self.rules = rules if rules is not None else load_rules(config)
-        self.http_session = http_session
+        # One pooled HTTP session per Engine for FHIR-server fallback (shared by its threads).
+        self.http_session = (http_session if http_session is not None
+                             else gather_mod.make_session(config))
         self._today = today or (lambda: datetime.now(timezone.utc).date())
         self.services: dict[str, Service] = {
             "bone-muscle-health": Service(
