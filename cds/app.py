@@ -117,7 +117,8 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         if isinstance(exc, Unauthorized):
-            log.warning("authentication failed: %s", exc.reason)
+            log.warning("authentication failed: %s", exc.reason,
+                        extra={"fields": {"request_id": g.get("log", {}).get("request_id")}})
         return json_response(exc.body(), exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)

@@ -18,6 +18,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not config.require_auth:
         print("mskcds: WARNING: authentication is OFF (MSKCDS_REQUIRE_AUTH=false). "
               "Local use only.", file=sys.stderr)
+    else:
+        from .auth import Authenticator
+
+        auth = Authenticator(config)  # reads and checks the trusted-clients file, or stops here
+        print(f"mskcds: authentication on, {len(auth.clients)} trusted client(s) from "
+              f"{config.clients_file}", file=sys.stderr)
     argv = [sys.executable, "-m", "gunicorn",
             "--bind", f"{args.host}:{args.port}",
             "--workers", str(args.workers),
@@ -83,6 +89,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from .auth import generate_key, public_jwks
+
+    key = generate_key(args.alg)
+    kid = args.kid or str(uuid.uuid4())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    Path(args.jwks).write_text(json.dumps(public_jwks(key, kid, args.alg), indent=2) + "\n",
+                               encoding="utf-8")
+    print(f"mskcds keygen: private key {args.private} (keep it with the EHR), public JWKS "
+          f"{args.jwks} (kid {kid}, {args.alg})", file=sys.stderr)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .auth import load_private_key, mint_token
+
+    try:
+        key, kid, alg = load_private_key(args.key)
+        token = mint_token(key, iss=args.iss, aud=args.aud, kid=args.kid or kid or "",
+                           alg=args.alg or alg, jku=args.jku, tenant=args.tenant,
+                           lifetime=args.lifetime)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"mskcds token: {exc}", file=sys.stderr)
+        return 2
+    if not (args.kid or kid):
+        print("mskcds token: no kid: pass --kid (CDS Hooks requires one)", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mskcds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--service", default="bone-muscle-health")
     evaluate.add_argument("--pretty", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    keygen = sub.add_parser("keygen", help="make a CDS Client key pair: private PEM + public JWKS "
+                            "(for a smoke test, or an EHR that has none)")
+    keygen.add_argument("--alg", default="ES384", choices=["ES256", "ES384", "ES512", "RS256",
+                                                            "RS384", "RS512", "PS256", "PS384",
+                                                            "PS512"])
+    keygen.add_argument("--kid", help="key id (default: a random UUID)")
+    keygen.add_argument("--private", required=True, help="where to write the private key (PEM)")
+    keygen.add_argument("--jwks", required=True, help="where to write the public JWKS (JSON)")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    token = sub.add_parser("token", help="sign a CDS Hooks client JWT, as an EHR would, and "
+                           "print it (for: Authorization: Bearer <token>)")
+    token.add_argument("--key", required=True, help="private key: PEM, private JWK or JWKS")
+    token.add_argument("--iss", required=True, help="issuer, as in the trusted-clients file")
+    token.add_argument("--aud", required=True, help="the full URL of the endpoint to call, "
+                       "e.g. http://127.0.0.1:8080/cds-services/bone-muscle-health")
+    token.add_argument("--kid", help="key id (default: the JWK's kid)")
+    token.add_argument("--alg", help="default: from the key (ES384 for P-384, RS384 for RSA)")
+    token.add_argument("--jku", help="JWKS URL to name in the header (must be the client's "
+                       "configured jwks_url)")
+    token.add_argument("--tenant")
+    token.add_argument("--lifetime", type=int, default=300, help="seconds (default 300)")
+    token.set_defaults(func=_cmd_token)
+
+    from .reporting import register as register_storage_commands
+    register_storage_commands(sub)  # migrate, feedback-report, purge (issue 5)
     return parser
 
 

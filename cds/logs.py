@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 _CONFIGURED = False
+
+# Safety net, not the primary control (nothing should log a token in the first place):
+# anything shaped like a compact JWS/JWT is replaced before a line is written.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+REDACTED = "[redacted-jwt]"
+
+
+def redact(text: str) -> str:
+    return _JWT_RE.sub(REDACTED, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +39,7 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(out, separators=(",", ":"), default=str)
+        return redact(json.dumps(out, separators=(",", ":"), default=str))
 
 
 def configure(level: str = "INFO") -> None:
@@ -42,6 +52,10 @@ def configure(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.propagate = False
+    # Libraries that could echo URLs (with search parameters such as a patient id) or
+    # request lines: warnings only. gunicorn's access log is off unless asked for.
+    for name in ("werkzeug", "urllib3", "requests"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     _CONFIGURED = True
 
 
