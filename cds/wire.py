@@ -291,6 +291,24 @@ def check_card(card: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- feedback
+#: RFC 3339 section 5.6 date-time (the spec's outcomeTimestamp): a time zone is required.
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class Rfc3339DateTime(fields.AwareDateTime):
+    """An RFC 3339 date-time string (stricter than ISO 8601 parsing) → aware datetime."""
+
+    default_error_messages = {"rfc3339": "must be an RFC 3339 date-time with a time zone, "
+                                         "e.g. 2021-12-11T10:05:31Z"}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not RFC3339.match(value):
+            raise self.make_error("rfc3339")
+        # Python parses at most microseconds: trim extra fraction digits first.
+        value = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("z", "Z").replace("t", "T")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class OverrideReasonSchema(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -319,7 +337,7 @@ class FeedbackItemSchema(Schema):
     outcome = fields.String(required=True, validate=validate.OneOf(["accepted", "overridden"]))
     acceptedSuggestions = fields.List(fields.Nested(AcceptedSuggestionSchema))
     overrideReason = fields.Nested(OverrideReasonSchema)
-    outcomeTimestamp = fields.AwareDateTime(required=True, format="iso")
+    outcomeTimestamp = Rfc3339DateTime(required=True, format="iso")
 
     @validates_schema
     def _outcome_rules(self, data: dict, **kwargs: Any) -> None:
