@@ -118,6 +118,7 @@ class FhirTestServer:
     delay: float = 0.0                 # seconds before each answer (slow mode)
     fail_status: int | None = None     # answer every request with this status (error mode)
     default_count: int = 50
+    max_count: int | None = None       # cap on page size, as real servers have (forces paging)
     override: Callable[[str, dict[str, list[str]]], tuple[int, dict[str, str], bytes] | None] | None = None
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
@@ -187,6 +188,7 @@ class FhirTestServer:
         self.delay = 0.0
         self.fail_status = None
         self.override = None
+        self.max_count = None
 
     def asked(self, resource_type: str | None = None) -> list[Recorded]:
         with self._lock:
@@ -275,7 +277,7 @@ class FhirTestServer:
             offset = int((query.get("_offset") or ["0"])[0])
         except ValueError:
             return self._send(h, 400, outcome("invalid", "bad _count or _offset"))
-        count = max(1, count)
+        count = max(1, min(count, self.max_count or count))
         page = hits[offset:offset + count]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle", "type": "searchset", "total": len(hits),
