@@ -49,6 +49,8 @@ class MedicationFact:
     display: str
     authored: date | None = None
     resource_id: str | None = None
+    status: str | None = None         # MedicationRequest/-Statement.status as sent
+    current: bool = False             # status means "currently taking" (rules/data_quality.yaml)
 
 
 @dataclass
@@ -61,6 +63,20 @@ class PatientFacts:
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
     medications: dict[str, list[MedicationFact]] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)  # reasons, no patient data
+    # first and last day the birthDate can mean: equal for a full date; for a partial
+    # birthDate (YYYY / YYYY-MM) birth_date stays None and only this range is known
+    birth_date_range: tuple[date, date] | None = None
+
+    @property
+    def age_range(self) -> tuple[int, int] | None:
+        """(youngest, oldest) possible age on ``as_of``; one value twice for a full birthDate."""
+        if self.birth_date_range is None:
+            return None
+        t = self.as_of
+
+        def years(b: date) -> int:
+            return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
+        return years(self.birth_date_range[1]), years(self.birth_date_range[0])
 
     @property
     def age(self) -> int | None:
