@@ -178,17 +178,17 @@ class ActionSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    # CDS Hooks 2.0 Action: description OPTIONAL; resourceId a string (a relative
+    # reference) that SHOULD (not SHALL) be given for delete; resource SHALL for create/update.
     type = fields.String(required=True, validate=validate.OneOf(["create", "update", "delete"]))
-    description = fields.String(required=True, validate=NonBlank)
+    description = fields.String(validate=NonBlank)
     resource = fields.Dict()
-    resourceId = fields.List(fields.String(validate=NonBlank))
+    resourceId = fields.String(validate=NonBlank)
 
     @validates_schema
     def _resource_for_type(self, data: dict, **kwargs: Any) -> None:
-        if data["type"] in {"create", "update"} and "resource" not in data:
+        if data.get("type") in {"create", "update"} and "resource" not in data:
             raise ValidationError({"resource": ["is required for create and update actions"]})
-        if data["type"] == "delete" and "resourceId" not in data:
-            raise ValidationError({"resourceId": ["is required for delete actions"]})
 
 
 class SuggestionSchema(Schema):
@@ -196,7 +196,7 @@ class SuggestionSchema(Schema):
         unknown = RAISE
 
     label = fields.String(required=True, validate=NonBlank)
-    uuid = fields.UUID(required=True)
+    uuid = fields.UUID()  # OPTIONAL on the wire; our own suggestions always carry one
     isRecommended = fields.Boolean()
     actions = fields.List(fields.Nested(ActionSchema), validate=validate.Length(min=1))
 
@@ -216,11 +216,14 @@ class CardSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    uuid = fields.UUID(required=True)
+    # uuid and indicator: OPTIONAL in the spec's examples and logical model (the
+    # autolaunchable example has no indicator); our own cards always carry both
+    # (see OWN_CARD_FIELDS, enforced by check_outgoing).
+    uuid = fields.UUID()
     summary = fields.String(required=True, validate=validate.And(
         NonBlank, validate.Length(max=SUMMARY_MAX)))
     detail = fields.String(validate=NonBlank)
-    indicator = fields.String(required=True, validate=validate.OneOf(["info", "warning", "critical"]))
+    indicator = fields.String(validate=validate.OneOf(["info", "warning", "critical"]))
     source = fields.Nested(SourceSchema, required=True)
     suggestions = fields.List(fields.Nested(SuggestionSchema), validate=validate.Length(min=1))
     selectionBehavior = fields.String(validate=validate.OneOf(["at-most-one", "any"]))
@@ -231,7 +234,7 @@ class CardSchema(Schema):
     def _selection(self, data: dict, **kwargs: Any) -> None:
         if data.get("suggestions") and "selectionBehavior" not in data:
             raise ValidationError({"selectionBehavior": ["is required when suggestions are present"]})
-        uuids = [str(s["uuid"]) for s in data.get("suggestions", [])]
+        uuids = [str(s["uuid"]) for s in data.get("suggestions", []) if "uuid" in s]
         if len(uuids) != len(set(uuids)):
             raise ValidationError({"suggestions": ["suggestion uuids must be unique"]})
 
@@ -272,9 +275,33 @@ class WireError(AssertionError):
     """Something *we* produced breaks the wire contract: a bug, never the client's fault."""
 
 
+#: What the spec leaves optional but every card *we* send carries (feedback needs the uuids).
+OWN_CARD_FIELDS = ("uuid", "indicator")
+
+
+def own_card_problems(card: Any, path: str = "card") -> list[str]:
+    if not isinstance(card, Mapping):
+        return []
+    problems = [f"{path}.{name} is missing" for name in OWN_CARD_FIELDS if name not in card]
+    for j, suggestion in enumerate(card.get("suggestions") or []):
+        if isinstance(suggestion, Mapping) and "uuid" not in suggestion:
+            problems.append(f"{path}.suggestions[{j}].uuid is missing")
+    return problems
+
+
 def check_outgoing(schema: Schema, document: Mapping[str, Any], what: str) -> None:
-    """Raise WireError if an outgoing document is not spec-valid (including empty values)."""
-    errors = schema.validate(document)
+    """Raise WireError if an outgoing document is not spec-valid (including empty values)
+    or a card of ours lacks what we always send (OWN_CARD_FIELDS, suggestion uuids)."""
+    errors: Any = schema.validate(document)
+    if isinstance(schema, CardSchema):
+        own = own_card_problems(document)
+    elif isinstance(schema, ResponseSchema):
+        own = [p for i, card in enumerate(document.get("cards") or [])
+               for p in own_card_problems(card, f"cards[{i}]")]
+    else:
+        own = []
+    if own:
+        errors = {**(errors or {}), "_own": own}
     if isinstance(schema, ResponseSchema):
         # The one empty value the spec allows: a response with no cards.
         empties = [p for i, card in enumerate(document.get("cards") or [])
