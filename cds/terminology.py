@@ -223,6 +223,9 @@ class UnitRule:
     def to_canonical(self, value: float) -> float:
         return value * self.multiply if self.multiply is not None else value / self.divide
 
+    def from_canonical(self, value: float) -> float:
+        return value / self.multiply if self.multiply is not None else value * self.divide
+
 
 @dataclass(frozen=True)
 class KindUnits:
@@ -282,6 +285,12 @@ class Terminology:
 
     def canonical_unit(self, kind: str) -> str:
         return self.units[kind].canonical
+
+    def convert(self, kind: str, value: float, from_unit: str, to_unit: str) -> float:
+        """Convert between two accepted UCUM units of a kind (e.g. for showing
+        25(OH)D in both ng/mL and nmol/L on a card). KeyError for a unit not accepted."""
+        accepted = self.units[kind].accepted
+        return accepted[to_unit].from_canonical(accepted[from_unit].to_canonical(value))
 
     def orderable(self, name: str) -> dict[str, str]:
         """The code a card suggestion uses: ``{"system": uri, "code": ..., "display": ...}``."""
