@@ -184,6 +184,7 @@ class ActionSchema(Schema):
     description = fields.String(validate=NonBlank)
     resource = fields.Dict()
     resourceId = fields.String(validate=NonBlank)
+    extension = fields.Dict()  # CDS Hooks 2.0 "Extensions"
 
     @validates_schema
     def _resource_for_type(self, data: dict, **kwargs: Any) -> None:
@@ -199,6 +200,7 @@ class SuggestionSchema(Schema):
     uuid = fields.UUID()  # OPTIONAL on the wire; our own suggestions always carry one
     isRecommended = fields.Boolean()
     actions = fields.List(fields.Nested(ActionSchema), validate=validate.Length(min=1))
+    extension = fields.Dict()
 
 
 class LinkSchema(Schema):
@@ -229,6 +231,7 @@ class CardSchema(Schema):
     selectionBehavior = fields.String(validate=validate.OneOf(["at-most-one", "any"]))
     overrideReasons = fields.List(fields.Nested(CodingSchema), validate=validate.Length(min=1))
     links = fields.List(fields.Nested(LinkSchema), validate=validate.Length(min=1))
+    extension = fields.Dict()
 
     @validates_schema
     def _selection(self, data: dict, **kwargs: Any) -> None:
@@ -249,6 +252,7 @@ class ResponseSchema(Schema):
 
     cards = fields.List(fields.Nested(CardSchema), required=True)
     systemActions = fields.List(fields.Nested(SystemActionSchema), validate=validate.Length(min=1))
+    extension = fields.Dict()
 
 
 class ServiceDefinitionSchema(Schema):
@@ -262,6 +266,7 @@ class ServiceDefinitionSchema(Schema):
     prefetch = fields.Dict(keys=fields.String(validate=validate.Regexp(PREFETCH_KEY)),
                            values=fields.String(validate=NonBlank))
     usageRequirements = fields.String(validate=NonBlank)
+    extension = fields.Dict()
 
 
 class DiscoverySchema(Schema):
