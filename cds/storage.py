@@ -390,13 +390,13 @@ class SqlStore:
         if not cards:
             return True
         now = utcnow()
-        rows = [_issued_row(service_id, hook, hook_instance, card, now) for card in cards]
         try:
+            rows = [_issued_row(service_id, hook, hook_instance, card, now) for card in cards]
             with self._write() as conn:
                 conn.execute(issued_cards.insert(), rows)
-        except (StorageUnavailable, SQLAlchemyError) as exc:
+        except (StorageUnavailable, SQLAlchemyError, KeyError, TypeError, ValueError) as exc:
             log.error("issued cards not recorded", extra={"fields": {
-                "cards": len(rows), "error": exc.__class__.__name__}})
+                "cards": len(cards), "error": exc.__class__.__name__}})
             return False
         return True
 

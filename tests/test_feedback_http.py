@@ -1,0 +1,266 @@
+"""POST /cds-services/{id}/feedback, GET /admin/feedback-summary and the report CLI,
+through a real gunicorn server (SQLite file, and PostgreSQL when available).
+
+External feedback payloads (CDS Hooks spec examples, AHRQ CQL Services fixtures) name
+cards of another service; each test issues cards first and replays those shapes with
+our card and suggestion uuids substituted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds.config import Config
+from cds.storage import SqlStore, open_store
+from conftest import REPO, run_server
+from feedback_support import (BACKENDS, SERVICE, load, make_card, new_database_url,  # noqa: F401
+                              pg_databases, substitute)
+
+FEEDBACK_URL = f"/cds-services/{SERVICE}/feedback"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def database_url(backend, tmp_path_factory, request) -> str:
+    return new_database_url(backend, tmp_path_factory.mktemp("fbdb"), request)
+
+
+@pytest.fixture(scope="module")
+def server(database_url, tmp_path_factory):
+    env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_DATABASE_URL": database_url,
+           "MSKCDS_ADMIN_SUMMARY_ENABLED": "true"}
+    with run_server(env, tmp_path_factory.mktemp("fbsrv"), workers=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def store(database_url, server) -> SqlStore:
+    """The same database the server writes, opened from the test process."""
+    return open_store(Config.from_env({"database_url": database_url, "require_auth": False},
+                                      environ={}))
+
+
+def issue(store: SqlStore, n: int, finding: str = "vitd-deficiency", suggestions: int = 1):
+    cards = [make_card(finding, suggestions) for _ in range(n)]
+    assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
+    return cards
+
+
+def post(server, body, path: str = FEEDBACK_URL, **kw):
+    return requests.post(server.url(path), json=body, timeout=10, **kw)
+
+
+def rows_for(store: SqlStore, cards) -> list[dict]:
+    wanted = {c["uuid"] for c in cards}
+    return [r for r in store.feedback_rows() if r["card_uuid"] in wanted]
+
+
+# --------------------------------------------------------------------------- spec examples
+def test_spec_feedback_accepted(server, store, shared_dir):
+    doc = load(shared_dir / "cds-hooks-spec" / "feedback-accepted.json")
+    cards = issue(store, 1)
+    r = post(server, substitute(doc, cards))
+    assert r.status_code == 200, r.text
+    (row,) = rows_for(store, cards)
+    assert row["outcome"] == "accepted"
+    assert json.loads(row["accepted_suggestions"]) == [cards[0]["suggestions"][0]["uuid"]]
+    assert row["outcome_timestamp"] == datetime(2021, 12, 11, 10, 5, 31, tzinfo=timezone.utc)
+
+
+def test_spec_feedback_overridden_without_reason(server, store, shared_dir):
+    doc = load(shared_dir / "cds-hooks-spec" / "feedback-overridden-no-reason.json")
+    cards = issue(store, 1)
+    assert post(server, substitute(doc, cards)).status_code == 200
+    (row,) = rows_for(store, cards)
+    assert (row["outcome"], row["override_reason_code"], row["user_comment"]) == (
+        "overridden", None, None)
+
+
+def test_spec_feedback_overridden_with_reason(server, store, shared_dir):
+    doc = load(shared_dir / "cds-hooks-spec" / "feedback-overridden-with-reason.json")
+    cards = issue(store, 1)
+    assert post(server, substitute(doc, cards)).status_code == 200
+    (row,) = rows_for(store, cards)
+    reason = doc["feedback"][0]["overrideReason"]
+    assert (row["override_reason_system"], row["override_reason_code"], row["user_comment"]) == (
+        reason["reason"]["system"], reason["reason"]["code"], reason["userComment"])
+
+
+def test_cql_services_same_card_reported_twice(server, store, shared_dir):
+    doc = load(shared_dir / "cql-services" / "examples" / "hooks" / "R4" / "feedback.json")
+    cards = issue(store, 1)
+    assert post(server, substitute(doc, cards)).status_code == 200
+    assert sorted(r["outcome"] for r in rows_for(store, cards)) == ["accepted", "overridden"]
+
+
+def test_cql_services_two_cards(server, store, shared_dir):
+    doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
+    cards = issue(store, 2)
+    assert post(server, substitute(doc, cards)).status_code == 200
+    assert {r["card_uuid"] for r in rows_for(store, cards)} == {c["uuid"] for c in cards}
+
+
+def test_external_payload_as_is_names_unknown_cards(server, store, shared_dir):
+    doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
+    before = store.counts()["feedback"]
+    r = post(server, doc)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert [i["expression"] for i in body["issue"]] == [["feedback[0].card"], ["feedback[1].card"]]
+    assert store.counts()["feedback"] == before
+
+
+# --------------------------------------------------------------------------- invalid requests
+@pytest.mark.parametrize("field, value, expression", [
+    ("outcome", "dismissed", "feedback[1].outcome"),
+    ("outcomeTimestamp", "11 Dec 2021", "feedback[1].outcomeTimestamp"),
+    ("acceptedSuggestions", None, "feedback[1].acceptedSuggestions"),
+    ("card", 42, "feedback[1].card"),
+])
+def test_one_bad_item_stores_nothing(server, store, shared_dir, field, value, expression):
+    doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
+    cards = issue(store, 2)
+    body = substitute(doc, cards)
+    if value is None:
+        del body["feedback"][1][field]
+    else:
+        body["feedback"][1][field] = value
+    before = store.counts()["feedback"]
+    r = post(server, body)
+    assert r.status_code == 400
+    issues = r.json()["issue"]
+    assert [expression] in [i.get("expression") for i in issues], issues
+    assert store.counts()["feedback"] == before
+    assert rows_for(store, cards) == []
+
+
+def test_wrong_suggestion_id_is_400(server, store):
+    card, other = issue(store, 2)
+    body = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
+                          "acceptedSuggestions": [{"id": other["suggestions"][0]["uuid"]}],
+                          "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+    r = post(server, body)
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["feedback[0].acceptedSuggestions[0].id"]
+
+
+def test_not_json_and_wrong_media_type(server):
+    r = requests.post(server.url(FEEDBACK_URL), data=b"{", timeout=5,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    r = requests.post(server.url(FEEDBACK_URL), data=b"x", timeout=5,
+                      headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_feedback_for_unknown_service_is_404(server, store):
+    (card,) = issue(store, 1)
+    r = post(server, {"feedback": [{"card": card["uuid"], "outcome": "overridden",
+                                    "outcomeTimestamp": "2026-01-01T00:00:00Z"}]},
+             path="/cds-services/no-such-service/feedback")
+    assert r.status_code == 404
+    assert rows_for(store, [card]) == []
+
+
+# --------------------------------------------------------------------------- summary and CLI
+def test_admin_summary_matches_store_and_cli(server, store, database_url):
+    cards = issue(store, 3, finding="http-summary-finding", suggestions=1)
+    body = {"feedback": [
+        {"card": cards[0]["uuid"], "outcome": "accepted",
+         "acceptedSuggestions": [{"id": cards[0]["suggestions"][0]["uuid"]}],
+         "outcomeTimestamp": "2026-01-01T00:00:00Z"},
+        {"card": cards[1]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z",
+         "overrideReason": {"reason": {"system": "https://example.org/or", "code": "dup"}}},
+    ]}
+    assert post(server, body).status_code == 200
+    today = datetime.now(timezone.utc).date().isoformat()
+    r = requests.get(server.url("/admin/feedback-summary"), params={"from": today, "to": today},
+                     timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    over_http = r.json()
+    assert over_http["http-summary-finding"] == {
+        "issued": 3, "accepted": 1, "overridden": 1, "acceptance_rate": 0.5,
+        "override_reasons": {"https://example.org/or|dup": 1}}
+    assert over_http == store.summary(today, today)
+
+    env = {**os.environ, "MSKCDS_DATABASE_URL": database_url}
+    cli = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--format", "json",
+                          "--from", today, "--to", today], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == over_http
+    table = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    line = next(ln for ln in table.stdout.splitlines() if ln.startswith("http-summary-finding"))
+    assert line.split()[1:5] == ["3", "1", "1", "50.0%"]
+    assert "https://example.org/or|dup (1)" in line
+    old = (datetime.now(timezone.utc) - timedelta(days=30)).date().isoformat()
+    empty = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--format", "json",
+                            "--to", old], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert json.loads(empty.stdout) == {}
+
+
+@pytest.mark.parametrize("params, expression", [
+    ({"from": "2026-02-30"}, "from"), ({"to": "soon"}, "to"),
+    ({"from": "2026-03-02", "to": "2026-03-01"}, "from"),
+])
+def test_admin_summary_bad_dates_are_400(server, params, expression):
+    r = requests.get(server.url("/admin/feedback-summary"), params=params, timeout=10)
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == [expression]
+
+
+def test_cli_bad_date_exits_2(database_url):
+    env = {**os.environ, "MSKCDS_DATABASE_URL": database_url}
+    out = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--from", "2026-1-1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "from" in out.stderr and out.stdout == ""
+
+
+# --------------------------------------------------------------------------- other configurations
+def test_summary_disabled_by_default_and_flag_mode(tmp_path, backend, request):
+    url = new_database_url(backend, tmp_path, request)
+    env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_DATABASE_URL": url,
+           "MSKCDS_FEEDBACK_UNKNOWN_CARD": "flag"}
+    with run_server(env, tmp_path, workers=1) as srv:
+        r = requests.get(srv.url("/admin/feedback-summary"), timeout=10)
+        assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+        ghost = str(uuid.uuid4())
+        r = post(srv, {"feedback": [{"card": ghost, "outcome": "overridden",
+                                     "outcomeTimestamp": "2026-01-01T00:00:00Z"}]})
+        assert r.status_code == 200, r.text
+    flagged = open_store(Config.from_env({"database_url": url}, environ={})).feedback_rows()
+    assert [(f["card_uuid"], f["unknown_card"]) for f in flagged] == [(ghost, True)]
+
+
+def test_purge_cli(tmp_path):
+    url = f"sqlite:///{tmp_path / 'purge.sqlite3'}"
+    store = open_store(Config.from_env({"database_url": url}, environ={}))
+    issue(store, 2)
+    env = {**os.environ, "MSKCDS_DATABASE_URL": url, "MSKCDS_RETENTION_DAYS": "30"}
+    dry = subprocess.run([sys.executable, "-m", "cds.cli", "purge", "--days", "1", "--dry-run"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "would delete 0 issued-card records" in dry.stdout
+    assert store.counts()["issued_cards"] == 2
+    bad = subprocess.run([sys.executable, "-m", "cds.cli", "purge", "--days", "0"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    ok = subprocess.run([sys.executable, "-m", "cds.cli", "purge"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "older than 30 days" in ok.stdout
+    assert store.counts()["issued_cards"] == 2  # nothing that young is purged
