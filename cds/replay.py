@@ -89,9 +89,10 @@ class SqlReplayCache:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._last_purge = 0.0
-        if self.url.drivername.startswith("sqlite") and self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.url.drivername.startswith("sqlite") \
+                    and self.url.database not in (None, "", ":memory:"):
+                Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self._metadata.create_all(self._get_engine())
         except Exception as exc:  # the database URL is unusable: stop at start-up
             raise ReplayCacheError(f"replay cache {self.url.render_as_string(hide_password=True)} "
