@@ -1,10 +1,377 @@
-"""PatientFacts + rules → findings (placeholder: issue 3 replaces this module)."""
+"""PatientFacts + rules → findings.
+
+Reads typed, unit-converted facts (cds.facts) and the loaded rules (cds.rules); knows
+no threshold and no code of its own. Every decision that needs a value it does not
+have (sex, age, a value reported only as "<25") is not made: no finding is built on a
+guess. Each Finding carries what the card needs: the values it rests on (evidence),
+the criteria applied with their citations, flags and the suggestion ids to offer.
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Iterable
 
-from .facts import Finding, PatientFacts
+from .facts import Finding, Measurement, PatientFacts
+from .rules import Criterion, Interval, Rules
+
+_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+LOW, NORMAL, UNKNOWN, ABSENT = "low", "normal", "unknown", "absent"
 
 
-def evaluate(facts: PatientFacts, rules: Any) -> list[Finding]:
-    return []
+def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
+    findings: list[Finding] = []
+    vitamin_d = _vitamin_d(facts, rules)
+    if vitamin_d:
+        findings.append(vitamin_d)
+    bone = _bone(facts, rules)
+    sarcopenia = _sarcopenia(facts, rules)
+    combined = _osteosarcopenia(bone, sarcopenia, rules)
+    if combined is not None:
+        findings.append(combined)
+    else:
+        findings.extend(f for f in (bone, sarcopenia) if f is not None)
+    screening = _dxa_screening(facts, rules)
+    if screening:
+        findings.append(screening)
+    findings.sort(key=lambda f: _SEVERITY.get(f.indicator, 3))
+    return findings
+
+
+# =========================================================================== helpers
+def _usable(facts: PatientFacts, kind: str) -> list[Measurement]:
+    """Measurements of ``kind``, newest first, dated no later than "today" (a future date is
+    odd data and never used)."""
+    values = [m for m in facts.all(kind) if m.day <= facts.as_of]
+    values.sort(key=lambda m: m.when, reverse=True)
+    return values
+
+
+def _latest(facts: PatientFacts, kind: str) -> Measurement | None:
+    values = _usable(facts, kind)
+    return values[0] if values else None
+
+
+def _age_on(birth: date, day: date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def _any_condition(facts: PatientFacts, categories: Iterable[str]) -> bool:
+    return any(facts.has_condition(c) for c in categories)
+
+
+def _any_medication(facts: PatientFacts, categories: Iterable[str]) -> bool:
+    return any(facts.has_medication(c) for c in categories)
+
+
+def _criterion(what: str, criterion: Criterion, unit: str, result: str) -> dict[str, Any]:
+    return {"what": what, "criterion": criterion, "unit": unit, "result": result}
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i for i in items if i))
+
+
+def _finding(rules: Rules, code: str, *, evidence: Iterable[Measurement], flags: set[str],
+             citations: Iterable[str], indicator: str | None = None, **variables: Any) -> Finding:
+    card = rules.cards.findings[code]
+    problem = card.get("problem_category")
+    if problem and variables.get("facts") is not None and variables["facts"].has_condition(problem):
+        flags = flags | {"on-problem-list"}
+    variables.pop("facts", None)
+    flags_frozen = frozenset(flags)
+    return Finding(code=code, indicator=indicator or card["indicator"],
+                   evidence=tuple(dict.fromkeys(evidence)),
+                   variables={**variables, "flags": flags_frozen, "citations": _unique(citations)},
+                   suggestions=rules.suggestions_for(code, flags_frozen))
+
+
+# =========================================================================== vitamin D
+def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
+    vd = rules.vitamin_d
+    m = _latest(facts, vd.kind)
+    if m is None or (facts.as_of - m.day).days > vd.max_age_days:
+        return None
+    chosen = None
+    for band in vd.bands:
+        relation = band.criterion.interval.relation(m.value, m.comparator)
+        if relation == "inside":
+            chosen = band
+            break
+        if relation == "unknown":   # e.g. "<25": deficient or insufficient? never guess
+            return None
+    if chosen is None:
+        return None
+    grade = None
+    for g in chosen.grades:
+        if g.criterion.interval.relation(m.value, m.comparator) == "inside":
+            grade = g
+            break
+    flags: set[str] = set()
+    criteria = [_criterion(vd.kind, chosen.criterion, vd.unit, chosen.status)]
+    citations = [vd.citation, chosen.criterion.citation]
+    if grade is not None:
+        criteria.append(_criterion(vd.kind, grade.criterion, vd.unit, grade.name))
+        citations.append(grade.criterion.citation)
+    if _any_condition(facts, vd.kidney_conditions):
+        flags.add("kidney-failure")
+        citations.append(vd.kidney_citation.citation)
+        criteria.append({"what": "kidney-failure", "criterion": vd.kidney_citation, "unit": "",
+                         "result": "kidney-failure"})
+    if _any_medication(facts, vd.supplement_medications):
+        flags.add("on-vitamin-d")
+    return _finding(rules, chosen.finding, evidence=[m], flags=flags, citations=citations,
+                    indicator=grade.indicator if grade and grade.indicator else None,
+                    facts=facts, key=m, date=m.day, status=chosen.status, profile=vd.label,
+                    grade=grade.name if grade else None, criteria=tuple(criteria),
+                    regimen=chosen.regimen)
+
+
+# =========================================================================== bone
+def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
+    b = rules.bone
+    if facts.birth_date is None:
+        return None   # age decides T- vs Z-score: unknown age, no bone finding
+    sites = set(b.diagnostic_sites)
+    t_scores = [m for m in _usable(facts, "t-score") if m.site in sites]
+    z_scores = [m for m in _usable(facts, "z-score") if m.site in sites]
+    if not t_scores and not z_scores:
+        return None
+    dxa_day = max(m.day for m in t_scores + z_scores)          # the most recent DXA date
+    age = _age_on(facts.birth_date, dxa_day)
+    flags: set[str] = set()
+    if (facts.as_of - dxa_day).days > b.repeat_dxa_after_days:
+        flags.add("dxa-old")
+    if _any_medication(facts, b.suppress_medications):
+        flags.add("on-therapy")
+    if _any_condition(facts, b.fracture_conditions):
+        flags.add("fragility-fracture")
+    bmd_same_day = [m for m in _usable(facts, "bmd") if m.day == dxa_day and m.site in sites]
+    adult = age >= b.t_score_min_age
+    age_rule = Interval(float(b.t_score_min_age), True, None, False) if adult else \
+        Interval(None, False, float(b.t_score_min_age), False)
+    age_criterion = _criterion("age", Criterion(age_rule, b.age_citation.citation, b.age_citation.where),
+                               "", "t-score" if adult else "z-score")
+
+    if age >= b.t_score_min_age:
+        day_scores = sorted((m for m in t_scores if m.day == dxa_day), key=lambda m: m.value)
+        if not day_scores:
+            return None
+        code, crit = _classify_lowest(day_scores, [("osteoporosis", b.osteoporosis),
+                                                   ("low-bone-mass", b.low_bone_mass)])
+        kind = "t-score"
+    else:
+        # Under the T-score age: T-scores never diagnose; Z-scores are read.
+        day_scores = sorted((m for m in z_scores if m.day == dxa_day), key=lambda m: m.value)
+        if not day_scores:
+            return None
+        code, crit = _classify_lowest(day_scores, [("bmd-below-expected-for-age", b.below_expected)])
+        kind = "z-score"
+    if code is None:
+        return None
+    key = day_scores[0]
+    criteria = (_criterion(kind, crit, "", code), age_criterion,
+                _criterion("site", b.sites_citation, "", "sites"))
+    return _finding(rules, code, evidence=day_scores + bmd_same_day, flags=flags,
+                    citations=[crit.citation, b.age_citation.citation, b.sites_citation.citation],
+                    facts=facts, key=key, date=dxa_day, age=age, profile=b.label,
+                    criteria=criteria, dxa_day=dxa_day)
+
+
+def _classify_lowest(scores: list[Measurement],
+                     bands: list[tuple[str, Criterion]]) -> tuple[str | None, Criterion | None]:
+    """The most severe band any site falls in; a site that *might* be in a more severe band
+    (comparator) stops the classification, so a milder label is never given by guess."""
+    for code, criterion in bands:
+        relations = [criterion.interval.relation(m.value, m.comparator) for m in scores]
+        if "inside" in relations:
+            return code, criterion
+        if "unknown" in relations:
+            return None, None
+    return None, None
+
+
+def _dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
+    b = rules.bone
+    age = facts.age
+    if facts.gender not in ("male", "female") or age is None:
+        return None
+    rule = b.screening_age[facts.gender]
+    if not rule.interval.contains_point(age):
+        return None
+    if any(facts.all(kind) for kind in b.screening_kinds):
+        return None
+    if _any_condition(facts, b.suppress_conditions) or _any_medication(facts, b.suppress_medications):
+        return None
+    return _finding(rules, "dxa-screening-due", evidence=[], flags=set(),
+                    citations=[rule.citation, b.screening_age["female"].citation],
+                    age=age, sex=facts.gender, date=facts.as_of, profile=b.screening_label,
+                    criteria=(_criterion("age", rule, "", facts.gender),))
+
+
+# =========================================================================== sarcopenia
+@dataclass(frozen=True)
+class MassValue:
+    measure: str
+    value: float | None
+    unit: str
+    state: str                          # low / normal / unknown / absent
+    day: date | None
+    sources: tuple[Measurement, ...]
+    computed: bool
+    criterion: Criterion
+
+
+def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
+    s = rules.sarcopenia
+    sex = facts.gender
+    if sex not in ("male", "female"):
+        return None   # every cut-off is sex-specific
+    grip_crit = s.grip.for_sex(sex)
+    grip_state, grips = _grip(facts, grip_crit)
+    masses = [_mass(facts, measure, cut.for_sex(sex)) for measure, cut in s.mass]
+    mass_state = _combine_mass(masses)
+    gait_crit = s.gait.for_sex(sex)
+    gait = _latest(facts, "gait-speed")
+    gait_state = ABSENT if gait is None else _state(gait_crit, gait.value, gait.comparator)
+
+    flags: set[str] = set()
+    if grip_state == ABSENT and mass_state == LOW:
+        code = "low-muscle-mass"
+    elif grip_state == LOW and mass_state == LOW:
+        code = "sarcopenia-severe" if gait_state == LOW else "sarcopenia-confirmed"
+        if gait_state == ABSENT:
+            flags.add("gait-not-measured")
+    elif grip_state == LOW and mass_state in (ABSENT, UNKNOWN):
+        code = "sarcopenia-probable"
+        if mass_state == UNKNOWN:
+            flags.add("mass-indeterminate")
+    else:
+        # normal grip, or low grip with normal measured mass, or low mass with normal measured
+        # grip, or values that cannot be classified: not sarcopenia, no card.
+        return None
+
+    best_grip = max(grips, key=lambda m: m.value) if grips else None
+    low_masses = [mv for mv in masses if mv.state == LOW]
+    evidence: list[Measurement] = list(grips)
+    criteria: list[dict[str, Any]] = []
+    if grips:
+        criteria.append(_criterion("grip-strength", grip_crit, "kg", grip_state))
+    for mv in masses:
+        if mv.state != ABSENT and code != "sarcopenia-probable" or mv.state == UNKNOWN:
+            evidence.extend(mv.sources)
+            criteria.append(_criterion(mv.measure, mv.criterion, mv.unit, mv.state))
+    use_gait = code in ("sarcopenia-severe", "sarcopenia-confirmed") and gait is not None
+    if use_gait:
+        evidence.append(gait)
+        criteria.append(_criterion("gait-speed", gait_crit, "m/s", gait_state))
+    days = [m.day for m in evidence]
+    derived = tuple({"measure": mv.measure, "value": mv.value, "unit": mv.unit,
+                     "sources": mv.sources, "day": mv.day}
+                    for mv in masses if mv.computed and mv.value is not None
+                    and (mv.state != ABSENT) and code != "sarcopenia-probable")
+    citations = [s.citation, grip_crit.citation] + [mv.criterion.citation for mv in masses] + \
+        ([gait_crit.citation] if use_gait else [])
+    return _finding(rules, code, evidence=evidence, flags=flags, citations=citations, facts=facts,
+                    key=best_grip, date=max(days) if days else facts.as_of, profile=s.label,
+                    grip=best_grip, mass_low=tuple(low_masses), gait=gait if use_gait else None,
+                    derived=derived, criteria=tuple(criteria), sex=sex)
+
+
+def _state(criterion: Criterion, value: float, comparator: str | None) -> str:
+    relation = criterion.interval.relation(value, comparator)
+    return {"inside": LOW, "outside": NORMAL}.get(relation, UNKNOWN)
+
+
+def _grip(facts: PatientFacts, criterion: Criterion) -> tuple[str, list[Measurement]]:
+    """Grip: the latest measurement date's values; the best hand counts (so grip is low only
+    when every hand measured that day is low, and normal when any hand is normal)."""
+    grips = _usable(facts, "grip-strength")
+    if not grips:
+        return ABSENT, []
+    same_day = [m for m in grips if m.day == grips[0].day]
+    states = [_state(criterion, m.value, m.comparator) for m in same_day]
+    if NORMAL in states:
+        return NORMAL, same_day
+    if all(s == LOW for s in states):
+        return LOW, same_day
+    return UNKNOWN, same_day
+
+
+def _mass(facts: PatientFacts, measure: str, criterion: Criterion) -> MassValue:
+    asm = _latest(facts, "appendicular-lean-mass")
+
+    def result(value: float | None, unit: str, sources: tuple[Measurement, ...], computed: bool,
+               comparator: str | None = None, state: str | None = None) -> MassValue:
+        if state is None:
+            state = ABSENT if value is None else _state(criterion, value, comparator)
+        day = max((m.day for m in sources), default=None)
+        return MassValue(measure, value, unit, state, day, sources, computed, criterion)
+
+    if measure == "asm":
+        if asm is None:
+            return result(None, "kg", (), False)
+        return result(asm.value, "kg", (asm,), False, asm.comparator)
+    if measure == "asm-index":
+        sent = _latest(facts, "appendicular-lean-mass-index")
+        if sent is not None:
+            return result(sent.value, "kg/m2", (sent,), False, sent.comparator)
+        height = _latest(facts, "body-height")
+        if asm is None or height is None:
+            return result(None, "kg/m2", (), True)
+        if asm.comparator or height.comparator or height.value <= 0:
+            return result(None, "kg/m2", (asm, height), True, state=UNKNOWN)
+        return result(asm.value / height.value ** 2, "kg/m2", (asm, height), True)
+    if measure == "alm-bmi":
+        if asm is None:
+            return result(None, "m2", (), True)
+        bmi = _latest(facts, "bmi")
+        sources: tuple[Measurement, ...]
+        if bmi is not None:
+            sources, bmi_value, odd = (asm, bmi), bmi.value, bool(bmi.comparator)
+        else:
+            weight, height = _latest(facts, "body-weight"), _latest(facts, "body-height")
+            if weight is None or height is None:
+                return result(None, "m2", (), True)
+            sources = (asm, weight, height)
+            odd = bool(weight.comparator or height.comparator) or height.value <= 0
+            bmi_value = weight.value / height.value ** 2 if not odd else 0.0
+        if odd or asm.comparator or bmi_value <= 0:
+            return result(None, "m2", sources, True, state=UNKNOWN)
+        return result(asm.value / bmi_value, "m2", sources, True)
+    raise ValueError(f"unknown mass measure {measure!r}")  # guarded by the rules schema
+
+
+def _combine_mass(masses: list[MassValue]) -> str:
+    states = [mv.state for mv in masses]
+    if LOW in states:
+        return LOW
+    if UNKNOWN in states:
+        return UNKNOWN
+    if NORMAL in states:
+        return NORMAL
+    return ABSENT
+
+
+# =========================================================================== osteosarcopenia
+def _osteosarcopenia(bone: Finding | None, sarcopenia: Finding | None, rules: Rules) -> Finding | None:
+    if bone is None or sarcopenia is None:
+        return None
+    if bone.code not in ("osteoporosis", "low-bone-mass") or \
+            sarcopenia.code not in ("sarcopenia-confirmed", "sarcopenia-severe"):
+        return None
+    card = rules.cards.findings["osteosarcopenia"]
+    flags = frozenset((bone.variables["flags"] | sarcopenia.variables["flags"]) - {"on-problem-list"})
+    suggestions = tuple(dict.fromkeys(bone.suggestions + sarcopenia.suggestions +
+                                      rules.suggestions_for("osteosarcopenia", flags)))
+    citations = _unique(list(card.get("links", ())) + list(bone.variables["citations"]) +
+                        list(sarcopenia.variables["citations"]))
+    return Finding(code="osteosarcopenia", indicator=card["indicator"],
+                   evidence=tuple(dict.fromkeys(bone.evidence + sarcopenia.evidence)),
+                   variables={"components": (bone, sarcopenia), "flags": flags,
+                              "citations": citations, "profile": sarcopenia.variables["profile"],
+                              "date": max(bone.variables["date"], sarcopenia.variables["date"]),
+                              "criteria": tuple(bone.variables["criteria"]) +
+                              tuple(sarcopenia.variables["criteria"]),
+                              "derived": sarcopenia.variables.get("derived", ())},
+                   suggestions=suggestions)
