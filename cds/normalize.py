@@ -68,7 +68,8 @@ _USED = {
     "Patient": ("resourceType", "id", "gender", "birthDate"),
     "Condition": ("resourceType", "id", "subject", "code", "clinicalStatus",
                   "verificationStatus", "onsetDateTime", "onsetPeriod"),
-    "MedicationRequest": ("resourceType", "id", "status", "subject", "medicationCodeableConcept",
+    "MedicationRequest": ("resourceType", "id", "status", "intent", "subject",
+                          "medicationCodeableConcept",
                           "medicationReference", "authoredOn"),
     "MedicationStatement": ("resourceType", "id", "status", "subject",
                             "medicationCodeableConcept", "medicationReference",
@@ -78,6 +79,9 @@ _USED = {
 _DATETIME = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+_DATE_ELEMENTS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
 
 
 class _Drop(Exception):
@@ -177,8 +181,9 @@ def _check_subject(res: Mapping[str, Any], patient_id: str) -> None:
         raise _Drop("subject is not the patient in context")
 
 
-def _validate(res: Mapping[str, Any], rtype: str) -> None:
-    used = {k: res[k] for k in _USED[rtype] if k in res}
+def _validate(res: Mapping[str, Any], rtype: str, checked: tuple[str, ...] = ()) -> None:
+    """R4B-validate the elements normalize reads, except ``checked`` ones it parsed itself."""
+    used = {k: res[k] for k in _USED[rtype] if k in res and k not in checked}
     try:
         _MODELS[rtype].model_validate(used)
     except Exception as exc:  # pydantic ValidationError (or a fhir_core error): never a 5xx
@@ -336,7 +341,8 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
             reasons.append(f"component: {why}")
     if not out:
         raise _Drop("; ".join(reasons))
-    _validate(res, "Observation")
+    # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
+    _validate(res, "Observation", checked=_DATE_ELEMENTS)
     if reasons:
         raise _PartialDrop(out, reasons)
     return out
