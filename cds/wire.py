@@ -129,23 +129,42 @@ class HookRequestSchema(Schema):
         errors: dict[str, list[str]] = {}
         if "fhirAuthorization" in data and "fhirServer" not in data:
             errors["fhirServer"] = ["is required when fhirAuthorization is present"]
+        bad: dict[str, list[str]] = {}
         for key, value in (data.get("prefetch") or {}).items():
             if value is not None and not isinstance(value, Mapping):
-                errors.setdefault("prefetch", []).append(
-                    f"prefetch.{key} must be a FHIR resource (JSON object) or null")
+                bad[key] = ["must be a FHIR resource (JSON object) or null"]
             elif isinstance(value, Mapping) and not isinstance(value.get("resourceType"), str):
-                errors.setdefault("prefetch", []).append(
-                    f"prefetch.{key} has no resourceType")
+                bad[key] = ["has no resourceType"]
+        if bad:
+            errors["prefetch"] = bad  # type: ignore[assignment]  # → expression prefetch.<key>
         if errors:
             raise ValidationError(errors)
 
 
+def _wrong_hook(expected: str, got: str) -> Issue:
+    return Issue(f"hook: this service answers '{expected}', not '{got[:64]}'",
+                 expression="hook", code="not-supported")
+
+
 def load_hook_request(payload: Any, expected_hook: str) -> dict[str, Any]:
     """Validate a service call for a service that answers ``expected_hook``."""
-    data = load_or_raise(HookRequestSchema(), payload)
+    try:
+        data = load_or_raise(HookRequestSchema(), payload)
+    except BadRequest as exc:
+        # A request for another hook is told so first, whatever else is wrong with it.
+        hook = payload.get("hook") if isinstance(payload, Mapping) else None
+        if isinstance(hook, str) and hook.strip() and hook != expected_hook:
+            raise BadRequest([_wrong_hook(expected_hook, hook), *exc.issues]) from None
+        # Same hook: report the context's problems too, so one answer lists everything.
+        context = payload.get("context") if isinstance(payload, Mapping) else None
+        schema_cls = CONTEXT_SCHEMAS.get(expected_hook)
+        if isinstance(context, Mapping) and schema_cls is not None:
+            more = schema_cls().validate(context)
+            if more:
+                raise BadRequest([*exc.issues, *flatten_errors(more, "context")]) from None
+        raise
     if data["hook"] != expected_hook:
-        raise BadRequest(Issue(f"hook: this service answers '{expected_hook}', not '{data['hook']}'",
-                               expression="hook", code="not-supported"))
+        raise BadRequest(_wrong_hook(expected_hook, data["hook"]))
     schema_cls = CONTEXT_SCHEMAS.get(expected_hook)
     if schema_cls is None:  # pragma: no cover - guarded by service registry
         raise BadRequest(Issue(f"hook '{expected_hook}' is not supported", expression="hook"))
