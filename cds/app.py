@@ -76,7 +76,10 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest(f"Request body is not valid JSON: {exc.__class__.__name__}.") from None
 
-    def authenticate():
+    def authenticate(service_id: str | None = None):
+        # The request line names a (known) service even when authentication refuses the call.
+        if service_id is not None and service_id in engine.services:
+            g.log["service"] = service_id
         return authenticator.authenticate(endpoint_url(), request.headers.get("Authorization"))
 
     # ----------------------------------------------------------------- hooks
@@ -158,7 +161,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str) -> Response:
-        client = authenticate()
+        client = authenticate(service_id)
         engine.service(service_id)  # 404 before reading the body
         g.log.update(service=service_id)
         payload = read_json()
@@ -173,7 +176,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
 
     @app.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
-        authenticate()
+        authenticate(service_id)
         engine.service(service_id)
         g.log.update(service=service_id)
         payload = read_json()

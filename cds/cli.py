@@ -19,8 +19,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("mskcds: WARNING: authentication is OFF (MSKCDS_REQUIRE_AUTH=false). "
               "Local use only.", file=sys.stderr)
     else:
+        from . import logs
         from .auth import Authenticator
 
+        logs.configure(config.log_level)
         auth = Authenticator(config)  # reads and checks the trusted-clients file, or stops here
         print(f"mskcds: authentication on, {len(auth.clients)} trusted client(s) from "
               f"{config.clients_file}", file=sys.stderr)
