@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Mapping
@@ -35,6 +36,18 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     for key, value in (headers or {}).items():
         resp.headers[key] = value
     return resp
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259); Python's parser would accept them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999
+        raise ValueError("number out of range")
+    return value
 
 
 def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
@@ -72,9 +85,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
         if len(raw) > cfg.max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than {cfg.max_body_bytes} bytes.")
         try:
-            return json.loads(raw.decode("utf-8"))
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                              parse_float=_finite_float)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest(f"Request body is not valid JSON: {exc.__class__.__name__}.") from None
+        except RecursionError:
+            raise BadRequest("Request body is nested too deeply.") from None
 
     def authenticate(service_id: str | None = None):
         # The request line names a (known) service even when authentication refuses the call.
