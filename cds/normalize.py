@@ -40,6 +40,8 @@ mean, from which ``PatientFacts.age_range`` gives the possible ages.
 from __future__ import annotations
 
 import calendar
+import hashlib
+import math
 import re
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
@@ -49,7 +51,11 @@ from typing import Any, Iterable, Mapping
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement as FhirMedicationStatement
+from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.observation import ObservationComponent
+from fhir.resources.R4B.quantity import Quantity
+from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from .facts import ConditionFact, Measurement, MedicationFact, PatientFacts
@@ -61,10 +67,8 @@ _MODELS = {"Observation": FhirObservation, "Patient": FhirPatient, "Condition": 
            "MedicationRequest": FhirMedicationRequest,
            "MedicationStatement": FhirMedicationStatement}
 # The elements normalize reads, per type (validated; other elements are not used).
+# Observations are validated element by element (_validate_observation).
 _USED = {
-    "Observation": ("resourceType", "id", "status", "code", "subject", "effectiveDateTime",
-                    "effectiveInstant", "effectivePeriod", "issued", "valueQuantity",
-                    "dataAbsentReason", "component"),
     "Patient": ("resourceType", "id", "gender", "birthDate"),
     "Condition": ("resourceType", "id", "subject", "code", "clinicalStatus",
                   "verificationStatus", "onsetDateTime", "onsetPeriod"),
@@ -81,7 +85,7 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
-_DATE_ELEMENTS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class _Drop(Exception):
@@ -181,24 +185,99 @@ def _check_subject(res: Mapping[str, Any], patient_id: str) -> None:
         raise _Drop("subject is not the patient in context")
 
 
+# Validation outcomes by a digest of the validated elements: patient-view fires each time a
+# chart is opened, mostly with the same resources, and R4B validation is ~100-300 µs per
+# resource. Only 16-byte digests and reason strings (no patient data) are kept; bounded.
+_VALIDATED: dict[bytes, str] = {}
+_VALIDATED_MAX = 50_000
+
+
 def _validate(res: Mapping[str, Any], rtype: str, checked: tuple[str, ...] = ()) -> None:
     """R4B-validate the elements normalize reads, except ``checked`` ones it parsed itself."""
-    used = {k: res[k] for k in _USED[rtype] if k in res and k not in checked}
+    _validated(_MODELS[rtype], {k: res[k] for k in _USED[rtype] if k in res and k not in checked})
+
+
+def _validate_observation(res: Mapping[str, Any]) -> None:
+    """R4B-validate what normalize reads from an Observation, element by element.
+
+    The same as validating the trimmed resource with the Observation model, at a
+    fraction of the cost: the code, subject and component elements repeat across
+    resources and requests (same LOINC codings, same patient reference), so their
+    cached outcomes are reused even for a patient seen for the first time.
+    Resource-level rules the element models cannot see are checked here: at most
+    one value[x] and one effective[x], a valid id; status and dates are checked
+    by normalize itself (status against data_quality.yaml, a subset of the R4 codes).
+    """
+    rid = res.get("id")
+    if rid is not None and not (isinstance(rid, str) and _FHIR_ID.match(rid)):
+        raise _Drop("not valid FHIR R4 (id)")
+    if sum(1 for k in res if k.startswith("value")) > 1:
+        raise _Drop("not valid FHIR R4 (value[x]: more than one)")
+    if sum(1 for k in res if k.startswith("effective")) > 1:
+        raise _Drop("not valid FHIR R4 (effective[x]: more than one)")
+    _validated(CodeableConcept, res.get("code"), "code")
+    _validated(Reference, res.get("subject"), "subject")
+    if "valueQuantity" in res:
+        _validated(Quantity, res["valueQuantity"], "valueQuantity")
+    components = res.get("component")
+    if components is not None:
+        if not isinstance(components, list):
+            raise _Drop("not valid FHIR R4 (component)")
+        for comp in components:
+            _validated(ObservationComponent, comp, "component")
+
+
+# Validation outcomes by a digest of what was validated: patient-view fires each time a chart
+# is opened, mostly with the same resources, and R4B model validation costs ~100-300 µs per
+# resource. Only 16-byte digests and reason strings (no patient data) are kept; bounded.
+_VALIDATED: dict[bytes, str] = {}
+_VALIDATED_MAX = 50_000
+
+
+def _validated(model: Any, value: Any, prefix: str = "") -> None:
     try:
-        _MODELS[rtype].model_validate(used)
+        key: bytes | None = hashlib.blake2b(
+            f"{model.__name__}|{value!r}".encode("utf-8", "surrogatepass"),
+            digest_size=16).digest()
+    except Exception:  # pragma: no cover - repr of parsed JSON does not fail
+        key = None
+    if key is not None:
+        known = _VALIDATED.get(key)
+        if known is not None:
+            if known:
+                raise _Drop(known)
+            return
+    outcome = _check_model(model, value, prefix)
+    if key is not None:
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[key] = outcome
+    if outcome:
+        raise _Drop(outcome)
+
+
+def _check_model(model: Any, value: Any, prefix: str) -> str:
+    """'' when ``value`` is a valid ``model``, else a reason naming the fields (never values)."""
+    try:
+        model.model_validate(value)
+        return ""
     except Exception as exc:  # pydantic ValidationError (or a fhir_core error): never a 5xx
-        fields_ = []
+        fields_: list[str] = []
         errors = getattr(exc, "errors", None)
         if callable(errors):
             try:
                 for e in errors()[:3]:
-                    loc = ".".join(str(p) for p in e.get("loc", ()) if not isinstance(p, int))
+                    parts = [prefix] if prefix else []
+                    parts += [str(p) for p in e.get("loc", ()) if not isinstance(p, int)]
+                    loc = ".".join(parts)
                     if loc and loc not in fields_:
                         fields_.append(loc)
             except Exception:  # pragma: no cover - defensive
                 pass
+        if not fields_ and prefix:
+            fields_ = [prefix]
         where = f" ({', '.join(fields_)})" if fields_ else ""
-        raise _Drop(f"not valid FHIR R4{where}") from None
+        return f"not valid FHIR R4{where}"
 
 
 def _codings(concept: Any) -> list[Mapping[str, Any]]:
@@ -342,7 +421,7 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     if not out:
         raise _Drop("; ".join(reasons))
     # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
-    _validate(res, "Observation", checked=_DATE_ELEMENTS)
+    _validate_observation(res)
     if reasons:
         raise _PartialDrop(out, reasons)
     return out
@@ -390,7 +469,7 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
     value = qty.get("value")
     if value is None:
         raise _Drop(f"no value (valueQuantity without value) for {kind}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _Drop(f"value is not a number for {kind}")
     comparator = qty.get("comparator")
     if comparator is not None and comparator not in COMPARATORS:
