@@ -85,6 +85,9 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
+_OBS_STATUS = frozenset({"registered", "preliminary", "final", "amended", "corrected",
+                         "cancelled", "entered-in-error", "unknown"})   # FHIR R4 ObservationStatus
+_UNIT_SHOWN = re.compile(r"^[A-Za-z0-9_\[\]{}/.\-*^%']{1,24}$")  # UCUM-like: safe to name in a reason
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -399,8 +402,8 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     _check_subject(res, patient_id)
     status = res.get("status")
     if status not in term.observation_status:
-        raise _Drop(f"status {status!r} is not a usable result" if isinstance(status, str)
-                    and len(status) <= 20 else "status missing or not a code")
+        raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS
+                    else "status missing or not an ObservationStatus code")
     when = _effective(res)
     if when.date() > latest_day:
         raise _Drop("dated in the future")
@@ -493,7 +496,7 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
     else:
         rule = units.accepted.get(sent) if isinstance(sent, str) else None
         if rule is None:
-            shown = sent if isinstance(sent, str) and len(sent) <= 24 else "?"
+            shown = sent if isinstance(sent, str) and _UNIT_SHOWN.match(sent) else "?"
             raise _Drop(f"unit {shown!r} not accepted for {kind}")
         original_unit = sent
     if meaning.property and rule.property and meaning.property != rule.property:

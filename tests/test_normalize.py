@@ -311,15 +311,18 @@ def test_excluded_reasons_carry_no_patient_data(term):
         obs(VITD, 9876.54, "ng/mL", rid=secret_id + "c", subject=f"Patient/{secret_pid}"),
         obs(T_SPINE, -2.6, "1", rid=secret_id + "d", subject=f"Patient/{secret_pid}",
             when="1999-99-99"),
+        obs(VITD, 12.5, "ng/mL", rid=secret_id + "f", subject=f"Patient/{secret_pid}",
+            status="Jane Roe 1931"),
+        obs(VITD, 12.5, "Jane Roe 1931 ng", rid=secret_id + "g", subject=f"Patient/{secret_pid}"),
         obs(VITD, 12.5, "ng/mL", rid=secret_id + "e", subject=f"Patient/{secret_pid}",
             valueQuantity={"value": 12.5, "unit": "ng/mL", "system": UCUM, "code": "ng/mL",
                            "extension": "not-a-list-SECRETVALUE"}),
         {"resourceType": "Patient", "id": "OTHER-PERSON-77", "birthDate": "1931-07-08"},
     ]
     facts = normalize(resources, secret_pid, term, AS_OF)
-    assert len(facts.excluded) == 6, facts.excluded
+    assert len(facts.excluded) == 8, facts.excluded
     text = " ".join(facts.excluded)
-    for secret in (secret_pid, secret_id, "OTHER-PERSON", "987", "9876", "1999", "1931",
+    for secret in (secret_pid, secret_id, "OTHER-PERSON", "987", "9876", "1999", "1931", "Jane",
                    "SECRETVALUE", "12.5"):
         assert secret not in text, (secret, facts.excluded)
 
