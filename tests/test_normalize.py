@@ -762,3 +762,27 @@ def test_normalize_speed_typical_request(term):
     print(f"\nnormalize Patient+30 Observations: cold {best_cold:.2f} ms, warm {best_warm:.2f} ms")
     assert best_warm < 5.0
     assert best_cold < 15.0
+
+
+# ----------------------------------------------------------------------------- the real rules/
+def test_real_value_sets_and_rules_object():
+    """Through the Rules object the engine uses (rules.terminology), with the committed
+    rules/valuesets.yaml: the issue's ICD-10-CM codes and the medication keywords."""
+    from cds.config import Config
+    from cds.rules import load_rules
+    rules = load_rules(Config(rules_dir=REPO / "rules"))
+    facts = normalize([
+        {"resourceType": "Patient", "id": PID, "gender": "female", "birthDate": "1950-03-04"},
+        obs(VITD_MOL, 40, "nmol/L"),
+        cond("M81.0", system=ICD10, rid="c1"),
+        cond("N18.5", system=ICD10, rid="c2"),
+        med({"text": "Cholecalciferol 1000 UNT Oral Tablet"}, rid="m1"),
+        med({"text": "Calcitriol 0.25 MCG Oral Capsule"}, rid="m2"),
+    ], PID, rules, AS_OF)
+    assert facts.latest("vitamin-d-25oh").value == pytest.approx(16.025641)
+    assert facts.has_condition("osteoporosis") and facts.has_condition("ckd-stage-4-5")
+    assert facts.has_medication("vitamin-d")
+    # calcitriol is active vitamin D, never counted as a vitamin D supplement
+    assert [m.code for m in facts.medications["vitamin-d"]] == ["text|cholecalciferol"]
+    assert facts.has_medication("active-vitamin-d")
+    assert facts.excluded == []
