@@ -424,3 +424,25 @@ def test_public_base_url_is_the_aud_and_spec_token_fails_only_for_expiry(tmp_pat
         disc = "https://cds.example.org/cds-services"
         r = requests.get(server.url("/cds-services"), headers=sandbox.bearer(disc), timeout=10)
         assert r.status_code == 200, r.text
+
+
+# ------------------------------------------------------------------------------ auth off
+def test_auth_off_uses_the_configured_fhir_server_allowlist(tmp_path):
+    with FhirTestServer() as allowed, FhirTestServer() as other:
+        allowed.load({"resourceType": "Patient", "id": "off-p1"})
+        env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_ALLOWED_FHIR_SERVERS": allowed.base_url}
+        with run_server(env, tmp_path, workers=1) as server:
+            assert "AUTHENTICATION IS OFF" in server.log_text()  # said loudly at start-up
+            url = server.url(SERVICE)
+            body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+                    "context": {"userId": "Practitioner/x", "patientId": "off-p1"},
+                    "fhirAuthorization": {"access_token": "secret-" + uuid.uuid4().hex,
+                                          "token_type": "Bearer", "expires_in": 300,
+                                          "scope": "patient/*.read", "subject": "x"}}
+            r = requests.post(url, json={**body, "fhirServer": other.base_url}, timeout=15)
+            assert r.status_code == 400, r.text
+            assert r.json()["issue"][0]["expression"] == ["fhirServer"]
+            assert other.asked() == []
+            r = requests.post(url, json={**body, "fhirServer": allowed.base_url + "/"}, timeout=15)
+            assert r.status_code == 200, r.text  # allowed: the service reads from it
+            assert allowed.asked(), "the allowed server was not read"
