@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -68,12 +68,16 @@ def patient() -> dict[str, Any]:
     return {"resourceType": "Patient", "id": PATIENT_ID, "gender": "female", "birthDate": "1948-05-01"}
 
 
-def resource_of(rt: str, rid: str, day: int = 1) -> dict[str, Any]:
-    """A minimal resource of type ``rt`` about the test patient (content: not clinical, only shape)."""
+def resource_of(template: str, rid: str, day: int = 1) -> dict[str, Any]:
+    """A minimal resource the search ``template`` matches (its first ``code``, if it has one)."""
+    rt = rtype(template)
     out: dict[str, Any] = {"resourceType": rt, "id": rid, "subject": {"reference": f"Patient/{PATIENT_ID}"}}
+    codes = parse_qs(template.split("?", 1)[1]).get("code") if "?" in template else None
+    if codes:
+        system, _, code = codes[0].split(",")[0].rpartition("|")
+        out["code"] = {"coding": [{"system": system, "code": code} if system else {"code": code}]}
     if rt == "Observation":
-        out.update(status="final", effectiveDateTime=f"2023-03-{day:02d}",
-                   code={"text": "paging test observation"})
+        out.update(status="final", effectiveDateTime=f"2023-03-{day:02d}")
     return out
 
 
@@ -131,7 +135,7 @@ def test_paging_through_the_service(server, fhir, templates):
     key = keys[0]
     rt = rtype(templates[key])
     fhir.max_count = 3
-    fhir.load(patient(), *[resource_of(rt, f"page-{i}", day=i + 1) for i in range(8)])
+    fhir.load(patient(), *[resource_of(templates[key], f"page-{i}", day=i + 1) for i in range(8)])
     prefetch = {k: None for k in templates if k not in ("patient", key)}
     r = call(server, {"patient": patient(), **prefetch}, fhir.base_url)
     assert r.status_code == 200, r.text
@@ -222,7 +226,7 @@ def test_paged_prefetch_with_foreign_next_link_is_not_followed(server, fhir, for
     if not keys:
         pytest.skip("discovery declares no search template yet (rules declare only 'patient')")
     key = keys[0]
-    page = searchset([resource_of(rtype(templates[key]), "first")],
+    page = searchset([resource_of(templates[key], "first")],
                      next_url=f"{foreign.base_url}/{rtype(templates[key])}?page=2")
     prefetch = {k: None for k in templates}
     prefetch.update(patient=patient(), **{key: page})
