@@ -122,5 +122,5 @@ class Engine:
         findings = evaluate_mod.evaluate(facts, self.rules)
         cards = cards_mod.build_cards(findings, facts, self.rules)
         response = {"cards": cards}
-        wire.check_outgoing(wire.ResponseSchema(), response, "response")
+        wire.check_response(response)
         return response

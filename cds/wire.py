@@ -149,7 +149,7 @@ def _wrong_hook(expected: str, got: str) -> Issue:
 def load_hook_request(payload: Any, expected_hook: str) -> dict[str, Any]:
     """Validate a service call for a service that answers ``expected_hook``."""
     try:
-        data = load_or_raise(HookRequestSchema(), payload)
+        data = load_or_raise(_HOOK_REQUEST_SCHEMA, payload)
     except BadRequest as exc:
         # A request for another hook is told so first, whatever else is wrong with it.
         hook = payload.get("hook") if isinstance(payload, Mapping) else None
@@ -337,8 +337,19 @@ def check_outgoing(schema: Schema, document: Mapping[str, Any], what: str) -> No
         raise WireError(f"{what} breaks the CDS Hooks wire contract: errors={errors} empty={empties}")
 
 
+# Schema instances are reused: building one (and its nested schemas) costs more than
+# validating a card with it. marshmallow 4 schemas keep no per-call state.
+_CARD_SCHEMA = CardSchema()
+_RESPONSE_SCHEMA = ResponseSchema()
+_HOOK_REQUEST_SCHEMA = HookRequestSchema()
+
+
 def check_card(card: Mapping[str, Any]) -> None:
-    check_outgoing(CardSchema(), card, "card")
+    check_outgoing(_CARD_SCHEMA, card, "card")
+
+
+def check_response(response: Mapping[str, Any]) -> None:
+    check_outgoing(_RESPONSE_SCHEMA, response, "response")
 
 
 # --------------------------------------------------------------------------- feedback
