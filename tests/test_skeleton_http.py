@@ -60,6 +60,16 @@ def test_cors_preflight(open_server):
 
 
 def test_no_data_gives_empty_cards(open_server):
-    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=pv_request(), timeout=5)
+    # The client says "no data" for every search key (null), so nothing is fetched.
+    body = pv_request()
+    body["prefetch"].update({"observations": None, "conditions": None, "medications": None})
+    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=5)
     assert r.status_code == 200, r.text
     assert r.json() == {"cards": []}
+
+
+def test_missing_keys_without_fhir_server_is_412_naming_them(open_server):
+    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=pv_request(), timeout=5)
+    assert r.status_code == 412, r.text
+    named = {e for i in r.json()["issue"] for e in i.get("expression", [])}
+    assert {"prefetch.observations", "prefetch.conditions", "prefetch.medications"} <= named
