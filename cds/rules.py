@@ -60,6 +60,22 @@ def load_yaml(path: Path, schema: Schema | None = None) -> Any:
         raise RulesError(path, [i.diagnostics for i in flatten_errors(exc.messages)]) from None
 
 
+def _load(path: Path, schema: Schema) -> Any:
+    """load_yaml, with marshmallow's dict-value markers taken out of field paths
+    ("profiles.x.value.bands.0.below" → "profiles.x.bands[0].below")."""
+    try:
+        return load_yaml(path, schema)
+    except RulesError as exc:
+        raise RulesError(exc.path, [_tidy(p) for p in exc.problems]) from None
+
+
+def _tidy(problem: str) -> str:
+    head, sep, rest = problem.partition(": ")
+    head = head.replace(".value.", ".").replace(".key", " (name)")
+    head = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", head)
+    return head + sep + rest
+
+
 # =========================================================================== vocabulary
 # The names the code and the YAML share (a contract, not knowledge): findings the evaluator can
 # make, the flags it can set, and the muscle-mass measures it can compute.
@@ -627,17 +643,17 @@ def load_rules(config: Config, *, terminology: Any | None = None) -> Rules:
     if terminology is None:
         terminology = _load_terminology(rules_dir)
 
-    raw_citations = load_yaml(paths["citations"], CitationsFileSchema())["citations"]
+    raw_citations = _load(paths["citations"], CitationsFileSchema())["citations"]
     citations = {cid: Citation(id=cid, label=c["label"], title=c["title"], url=c["url"],
                                year=c["year"], evidence=c["evidence"], doi=c.get("doi"))
                  for cid, c in raw_citations.items()}
 
-    vitamin_d = _build_vitamin_d(paths["vitamin_d"], load_yaml(paths["vitamin_d"], VitaminDFileSchema()),
+    vitamin_d = _build_vitamin_d(paths["vitamin_d"], _load(paths["vitamin_d"], VitaminDFileSchema()),
                                  config.vitamin_d_profile, citations)
-    bone = _build_bone(paths["bone"], load_yaml(paths["bone"], BoneFileSchema()), citations)
-    sarcopenia = _build_sarcopenia(paths["sarcopenia"], load_yaml(paths["sarcopenia"], SarcopeniaFileSchema()),
+    bone = _build_bone(paths["bone"], _load(paths["bone"], BoneFileSchema()), citations)
+    sarcopenia = _build_sarcopenia(paths["sarcopenia"], _load(paths["sarcopenia"], SarcopeniaFileSchema()),
                                    config.sarcopenia_profile, citations)
-    cards = _build_cards(paths["cards"], load_yaml(paths["cards"], CardsFileSchema()), citations,
+    cards = _build_cards(paths["cards"], _load(paths["cards"], CardsFileSchema()), citations,
                          terminology)
     rules = Rules(source_dir=rules_dir, citations=citations, vitamin_d=vitamin_d, bone=bone,
                   sarcopenia=sarcopenia, cards=cards, terminology=terminology)
