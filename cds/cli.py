@@ -181,8 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .rules import RulesError
+
     try:
         return int(args.func(args) or 0)
+    except RulesError as exc:   # a broken rules/ file: its name and field, no traceback
+        print(f"mskcds: rules error: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"mskcds: configuration error: {exc}", file=sys.stderr)
         return 2
