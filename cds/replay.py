@@ -109,26 +109,41 @@ class SqlReplayCache:
 
     def _get_engine(self):
         from sqlalchemy import create_engine, event
-        from sqlalchemy.pool import NullPool
 
         pid = os.getpid()
         with self._lock:
             if self._engine is None or self._pid != pid:
+                # One engine (and pool) per process: a pool is never shared across a fork.
                 if self.url.drivername.startswith("sqlite"):
-                    engine = create_engine(self.url, poolclass=NullPool,
+                    engine = create_engine(self.url, pool_size=4, max_overflow=4,
                                            connect_args={"timeout": 10})
 
                     @event.listens_for(engine, "connect")
                     def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
                         cur = dbapi_conn.cursor()
-                        cur.execute("PRAGMA journal_mode=WAL")
-                        cur.execute("PRAGMA synchronous=NORMAL")
+                        cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
+                        cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
                         cur.close()
                 else:
                     engine = create_engine(self.url, pool_pre_ping=True, pool_size=2,
                                            max_overflow=4)
                 self._engine, self._pid = engine, pid
             return self._engine
+
+    def _upsert(self, key: str, expires_at: float, now: float):
+        """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""
+        dialect = self.url.get_backend_name()
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return None
+        table = self._table
+        stmt = insert(table).values(key=key, expires_at=float(expires_at))
+        return stmt.on_conflict_do_update(index_elements=[table.c.key],
+                                          set_={"expires_at": stmt.excluded.expires_at},
+                                          where=table.c.expires_at < now).returning(table.c.key)
 
     def claim(self, key: str, expires_at: float) -> bool:
         from sqlalchemy import delete, insert
@@ -138,14 +153,15 @@ class SqlReplayCache:
         now = self._clock()
         try:
             engine = self._get_engine()
-            with engine.begin() as conn:
+            upsert = self._upsert(key, expires_at, now)
+            with engine.begin() as conn:  # one short transaction per token
                 if now - self._last_purge > PURGE_EVERY_SECONDS:
-                    conn.execute(delete(table).where(table.c.expires_at < now))
                     self._last_purge = now
-                else:
-                    # An expired entry for this key may be reused (its token cannot be valid).
-                    conn.execute(delete(table).where(table.c.key == key,
-                                                     table.c.expires_at < now))
+                    conn.execute(delete(table).where(table.c.expires_at < now))
+                if upsert is not None:
+                    # A row back: inserted (or an expired one taken over); none: a live entry.
+                    return conn.execute(upsert).first() is not None
+                conn.execute(delete(table).where(table.c.key == key, table.c.expires_at < now))
             try:
                 with engine.begin() as conn:
                     conn.execute(insert(table).values(key=key, expires_at=float(expires_at)))

@@ -294,6 +294,21 @@ def test_sql_cache_is_shared_between_processes(tmp_path):
     assert all(len(k) == 64 and "fresh" not in k for (k,) in rows)
 
 
+@pytest.mark.postgres
+def test_postgres_cache_is_shared_between_instances():
+    from feedback_support import postgres_base_url
+
+    url = postgres_base_url()  # skips without a PostgreSQL server (CI starts one)
+    one, two = SqlReplayCache(url), SqlReplayCache(url)  # e.g. two machines
+    key = replay_key("https://ehr.example", str(uuid.uuid4()))
+    assert one.claim(key, time.time() + 60) is True
+    assert two.claim(key, time.time() + 60) is False
+    assert one.claim(key, time.time() + 60) is False
+    old = replay_key("https://ehr.example", str(uuid.uuid4()))
+    assert one.claim(old, time.time() - 1) is True   # already expired when recorded
+    assert two.claim(old, time.time() + 60) is True  # so its key may be taken over
+
+
 def test_memory_setting_gives_the_per_process_cache():
     assert isinstance(open_replay_cache("memory"), MemoryReplayCache)
 
