@@ -124,7 +124,7 @@ class HookRequestSchema(Schema):
         values=fields.Raw(allow_none=True))
     extension = fields.Dict()
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)  # report these alongside field errors
     def _cross_checks(self, data: dict, **kwargs: Any) -> None:
         errors: dict[str, list[str]] = {}
         if "fhirAuthorization" in data and "fhirServer" not in data:
