@@ -400,6 +400,12 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     if main is None and not parts:
         raise _Drop("no code in the value sets")
     _check_subject(res, patient_id)
+    focus = res.get("focus")
+    if focus is not None and not (isinstance(focus, list) and focus
+                                  and all(_is_patient(f, patient_id) for f in focus)):
+        # Observation.focus: "what the observation is about, when it is not about the
+        # subject of record" (e.g. a fetus, a donor): not a fact about this patient
+        raise _Drop("about a focus other than the patient")
     status = res.get("status")
     if status not in term.observation_status:
         raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS

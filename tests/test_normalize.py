@@ -255,6 +255,24 @@ def test_subject_must_be_the_patient(term, reference, kept):
         assert facts.excluded == ["Observation: subject is not the patient in context"]
 
 
+@pytest.mark.parametrize("focus, kept", [
+    (None, True),
+    ([{"reference": f"Patient/{PID}"}], True),
+    ([{"reference": "Patient/fetus-1"}], False),
+    ([{"reference": f"Patient/{PID}"}, {"reference": "Group/donors"}], False),
+    ([{"display": "donor kidney"}], False),
+    ([], False),
+])
+def test_observation_about_another_focus_is_dropped(term, focus, kept):
+    o = obs(VITD, 15, "ng/mL")
+    if focus is not None:
+        o["focus"] = focus
+    facts = run(term, o)
+    assert bool(facts.all("vitamin-d-25oh")) is kept
+    if not kept:
+        assert facts.excluded == ["Observation: about a focus other than the patient"]
+
+
 def test_patient_of_another_id_is_dropped(term):
     facts = run(term, {"resourceType": "Patient", "id": "p2", "gender": "female",
                        "birthDate": "1940-01-01"})
