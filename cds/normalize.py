@@ -8,7 +8,8 @@ What becomes a fact (every rule here is data in rules/ where it is knowledge):
   ``Patient/<id>`` (or an absolute URL ending in ``/Patient/<id>``, optionally
   ``/_history/<v>``) is dropped, as is a Patient whose id is not the patient
   in context. Unresolvable references (``urn:uuid:``, contained, missing) are
-  dropped too.
+  dropped too, and so is an Observation whose ``focus`` is anyone or anything
+  else (a fetus, a donor).
 - Observations: code looked up in valuesets.yaml (the code and each component
   code; several codings that mean the same kind are one measurement, codings
   that mean different kinds or sites are a contradiction and the value is
