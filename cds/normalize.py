@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import logging
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -49,19 +50,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement as FhirMedicationStatement
-from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.observation import ObservationComponent
+from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
-from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from .facts import ConditionFact, Measurement, MedicationFact, PatientFacts
 from .terminology import ObservationCode, Terminology, load_terminology
 
+log = logging.getLogger("mskcds.normalize")
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement")
 _MODELS = {"Observation": FhirObservation, "Patient": FhirPatient, "Condition": FhirCondition,
@@ -110,7 +112,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
     measurements: dict[str, list[Measurement]] = {}
 
     for res in items:
-        rtype = res.get("resourceType")
+        rtype = _text(res.get("resourceType"))
         if rtype not in _MODELS:
             continue
         rid = res.get("id") if isinstance(res.get("id"), str) else None
@@ -140,11 +142,19 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
                     facts.medications.setdefault(m.category, []).append(m)
         except _Drop as why:
             facts.excluded.append(f"{rtype}: {why}")
+        except Exception:  # malformed beyond what the checks foresee: excluded, never a 5xx
+            log.warning("normalize: %s could not be read", rtype, exc_info=False)
+            facts.excluded.append(f"{rtype}: could not be read")
 
     for kind, values in measurements.items():
         values.sort(key=_when, reverse=True)   # newest first; stable for equal dates
     facts.measurements = measurements
     return facts
+
+
+def _text(value: Any) -> str | None:
+    """A JSON string, else None (keeps lists/dicts out of set look-ups)."""
+    return value if isinstance(value, str) else None
 
 
 def _when(m: Measurement) -> datetime:
@@ -407,7 +417,7 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
         # Observation.focus: "what the observation is about, when it is not about the
         # subject of record" (e.g. a fetus, a donor): not a fact about this patient
         raise _Drop("about a focus other than the patient")
-    status = res.get("status")
+    status = _text(res.get("status"))
     if status not in term.observation_status:
         raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS
                     else "status missing or not an ObservationStatus code")
@@ -482,7 +492,7 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _Drop(f"value is not a number for {kind}")
     comparator = qty.get("comparator")
-    if comparator is not None and comparator not in COMPARATORS:
+    if comparator is not None and _text(comparator) not in COMPARATORS:
         raise _Drop(f"comparator not usable for {kind}")
 
     units = term.units[kind]
@@ -585,7 +595,7 @@ def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Termi
     if not hits:
         return []
     _check_subject(res, patient_id)
-    status = res.get("status")
+    status = _text(res.get("status"))
     if status in term.medication_status_excluded:
         raise _Drop(f"status {status!r} is no record of therapy")
     _validate(res, rtype)
