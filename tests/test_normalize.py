@@ -804,3 +804,15 @@ def test_real_value_sets_and_rules_object():
     assert [m.code for m in facts.medications["vitamin-d"]] == ["text|cholecalciferol"]
     assert facts.has_medication("active-vitamin-d")
     assert facts.excluded == []
+
+
+def test_unforeseen_error_excludes_that_resource_only(term, monkeypatch, caplog):
+    import cds.normalize as norm
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("Jane Roe 1931")   # would carry data if it were logged
+    monkeypatch.setattr(norm, "_condition", broken)
+    facts = run(term, cond("64859006"), obs(VITD, 15, "ng/mL"))
+    assert facts.excluded == ["Condition: could not be read"]
+    assert facts.latest("vitamin-d-25oh").value == 15
+    assert "Jane" not in caplog.text
