@@ -545,6 +545,10 @@ def _condition(res: Mapping[str, Any], patient_id: str, term: Terminology) -> li
     clinical = _status_codes(res.get("clinicalStatus"))
     if res.get("clinicalStatus") is not None and not clinical & term.condition_clinical_status:
         raise _Drop("clinicalStatus is not active")
+    if any(k.startswith("abatement") for k in res):
+        # FHIR R4 con-4: an abated condition is inactive/resolved/remission; abatement with
+        # an active (or no) status is abated or contradictory, either way not a current problem
+        raise _Drop("abated")
     if _status_codes(res.get("verificationStatus")) & term.condition_verification_excluded:
         raise _Drop("verificationStatus excludes it")
     _validate(res, "Condition")

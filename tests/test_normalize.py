@@ -577,6 +577,17 @@ def test_condition_status(term, clinical, verification, kept):
         assert facts.excluded[0].startswith("Condition: ")
 
 
+@pytest.mark.parametrize("clinical, abatement, kept", [
+    (None, {"abatementDateTime": "2020-05-01"}, False),
+    (None, {"abatementString": "resolved in childhood"}, False),
+    ("active", {"abatementDateTime": "2020-05-01"}, False),  # violates con-4: no guess
+    (None, {}, True),
+])
+def test_condition_abatement(term, clinical, abatement, kept):
+    facts = run(term, cond("64859006", clinical=clinical, **abatement))
+    assert facts.has_condition("osteoporosis") is kept
+
+
 def test_condition_categories_and_onset(term):
     facts = run(term,
                 cond("64859006", rid="a", onsetDateTime="2019-04-02"),
