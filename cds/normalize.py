@@ -21,8 +21,10 @@ What becomes a fact (every rule here is data in rules/ where it is knowledge):
   matched on its UCUM ``code`` (or on ``unit`` when no code is sent and it is
   exactly an accepted UCUM code) and converted with units.yaml; value inside
   data_quality.yaml plausibility bounds; comparator kept.
-- Conditions: clinicalStatus accepted (or absent), verificationStatus not
-  excluded; each category the codes map to is one ConditionFact.
+- Conditions: clinicalStatus accepted (or absent), no abatement[x] (FHIR con-4),
+  verificationStatus not excluded; each category the codes map to is one
+  ConditionFact. Conditions outside the value sets are skipped without a note
+  (the Condition search is unfiltered).
 - MedicationRequest/MedicationStatement: status not excluded; the medication
   concept (inline, contained or a Medication resource in the input) matched on
   code, else on the value set's text keywords; status and "current" recorded.
