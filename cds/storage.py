@@ -19,10 +19,12 @@ database there (under a lock, in case several processes start together),
 disposes of the engine, and every process afterwards builds its own engine on
 first use. No connection is ever shared across a fork.
 
-SQLite (the default) runs in WAL mode with a busy timeout, ``synchronous=FULL``
+SQLite (the default) runs in WAL mode with a busy timeout and ``BEGIN
+IMMEDIATE`` write transactions, so concurrent workers queue for the write lock
+instead of failing on a lock upgrade. Feedback commits with ``synchronous=FULL``
 (a report acknowledged with 2xx survives a crash of the process or the
-machine) and ``BEGIN IMMEDIATE`` write transactions, so concurrent workers
-queue for the write lock instead of failing on a lock upgrade. PostgreSQL is
+machine); the hot-path issued-card insert with ``NORMAL`` (see
+``ISSUED_SYNCHRONOUS``). PostgreSQL is
 used when ``MSKCDS_DATABASE_URL`` is ``postgresql+psycopg://...``.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, M
                         Table, Text, create_engine, event, func, select, text)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from . import wire
@@ -56,6 +58,11 @@ log = logging.getLogger("mskcds.storage")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+#: SQLite sync level of the hot-path issued-card insert. In WAL mode NORMAL survives a killed
+#: process (what gunicorn workers meet) but an OS crash or power cut may lose the last few
+#: records; it costs ~0.5-1 ms per call where FULL (an fsync per commit) costs ~6 ms (see
+#: benchmarks/bench_storage.py). Feedback, the evidence we must not lose, always commits FULL.
+ISSUED_SYNCHRONOUS = "NORMAL"
 #: PostgreSQL advisory lock key for migrations ("mskcds" in ASCII, fits a bigint).
 PG_MIGRATION_LOCK = 0x6D736B636473
 #: Report key of feedback whose card is not (or no longer) on record.
@@ -150,7 +157,9 @@ def build_engine(url: str) -> Engine:
             raise ConfigError("MSKCDS_DATABASE_URL: an in-memory SQLite database cannot be shared "
                               "by workers; give a file path (sqlite:////path/mskcds.sqlite3)")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, poolclass=NullPool,
+        # A small pool per process (the store rebuilds the engine after a fork).
+        engine = create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=8,
+                               pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                              "check_same_thread": False})
 
@@ -161,7 +170,7 @@ def build_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA synchronous=FULL")  # default; see _sqlite_begin
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -169,8 +178,9 @@ def build_engine(url: str) -> Engine:
         def _sqlite_begin(conn: Connection) -> None:
             # IMMEDIATE: take the write lock at BEGIN (waiting up to busy_timeout), so a
             # read-then-write transaction never fails on a lock upgrade under concurrency.
-            mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            options = conn.get_execution_options()
+            conn.exec_driver_sql(f"PRAGMA synchronous={options.get('sqlite_synchronous', 'FULL')}")
+            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -351,10 +361,14 @@ class SqlStore:
             self._pid = None
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, **options: Any) -> Iterator[Connection]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE; ``sqlite_synchronous`` option)."""
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if options:
+                    conn.execution_options(**options)
+                with conn.begin():
+                    yield conn
         except ServiceError:
             raise
         except OperationalError as exc:
@@ -392,7 +406,7 @@ class SqlStore:
         now = utcnow()
         try:
             rows = [_issued_row(service_id, hook, hook_instance, card, now) for card in cards]
-            with self._write() as conn:
+            with self._write(sqlite_synchronous=ISSUED_SYNCHRONOUS) as conn:
                 conn.execute(issued_cards.insert(), rows)
         except (StorageUnavailable, SQLAlchemyError, KeyError, TypeError, ValueError) as exc:
             log.error("issued cards not recorded", extra={"fields": {

@@ -62,6 +62,19 @@ class PostgresDatabases:
         self.created.append(name)
         return self.base.set(database=name).render_as_string(hide_password=False)
 
+    def reset(self, url: str) -> str:
+        """Empty a database made by :meth:`create` (cheaper than a new database per test)."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        finally:
+            engine.dispose()
+        return url
+
     def drop_all(self) -> None:
         from sqlalchemy import text
 
@@ -80,10 +93,20 @@ def pg_databases() -> Iterator[PostgresDatabases]:
         dbs.drop_all()
 
 
-def new_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+@pytest.fixture(scope="session")
+def pg_scratch_url(pg_databases: PostgresDatabases) -> str:
+    return pg_databases.create()
+
+
+def new_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest, *,
+                     scratch: bool = False) -> str:
+    """A fresh, empty database. ``scratch``: PostgreSQL reuses one database, emptied."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
-    return request.getfixturevalue("pg_databases").create()
+    dbs = request.getfixturevalue("pg_databases")
+    if scratch:
+        return dbs.reset(request.getfixturevalue("pg_scratch_url"))
+    return dbs.create()
 
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

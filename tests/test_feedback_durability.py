@@ -133,9 +133,11 @@ class Client(threading.Thread):
                     self.failures[exc.__class__.__name__] += 1
                     session = requests.Session()
                 if time.monotonic() > deadline:
+                    session.close()
                     return
                 time.sleep(0.05)
             self.done += 1
+        session.close()  # no idle keep-alive connection holds up the server's shutdown
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cds.cli import main as cli_main
 from cds.config import Config
 from cds.storage import SqlStore, open_store
 from conftest import REPO, run_server
@@ -176,7 +177,7 @@ def test_feedback_for_unknown_service_is_404(server, store):
 
 
 # --------------------------------------------------------------------------- summary and CLI
-def test_admin_summary_matches_store_and_cli(server, store, database_url):
+def test_admin_summary_matches_store_and_cli(server, store, database_url, monkeypatch, capsys):
     cards = issue(store, 3, finding="http-summary-finding", suggestions=1)
     body = {"feedback": [
         {"card": cards[0]["uuid"], "outcome": "accepted",
@@ -196,23 +197,22 @@ def test_admin_summary_matches_store_and_cli(server, store, database_url):
         "override_reasons": {"https://example.org/or|dup": 1}}
     assert over_http == store.summary(today, today)
 
+    # The CLI once as a real process (JSON), then in-process (table, empty range).
     env = {**os.environ, "MSKCDS_DATABASE_URL": database_url}
     cli = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--format", "json",
                           "--from", today, "--to", today], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == over_http
-    table = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert table.returncode == 0, table.stderr
-    line = next(ln for ln in table.stdout.splitlines() if ln.startswith("http-summary-finding"))
+    monkeypatch.setenv("MSKCDS_DATABASE_URL", database_url)
+    assert cli_main(["feedback-report"]) == 0
+    table = capsys.readouterr().out
+    line = next(ln for ln in table.splitlines() if ln.startswith("http-summary-finding"))
     assert line.split()[1:5] == ["3", "1", "1", "50.0%"]
     assert "https://example.org/or|dup (1)" in line
     old = (datetime.now(timezone.utc) - timedelta(days=30)).date().isoformat()
-    empty = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--format", "json",
-                            "--to", old], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=60)
-    assert json.loads(empty.stdout) == {}
+    assert cli_main(["feedback-report", "--format", "json", "--to", old]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
 
 
 @pytest.mark.parametrize("params, expression", [
@@ -225,16 +225,17 @@ def test_admin_summary_bad_dates_are_400(server, params, expression):
     assert r.json()["issue"][0]["expression"] == [expression]
 
 
-def test_cli_bad_date_exits_2(database_url):
-    env = {**os.environ, "MSKCDS_DATABASE_URL": database_url}
-    out = subprocess.run([sys.executable, "-m", "cds.cli", "feedback-report", "--from", "2026-1-1"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "from" in out.stderr and out.stdout == ""
+def test_cli_bad_date_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MSKCDS_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    assert cli_main(["feedback-report", "--from", "2026-1-1"]) == 2
+    out = capsys.readouterr()
+    assert "from" in out.err and out.out == ""
 
 
 # --------------------------------------------------------------------------- other configurations
-def test_summary_disabled_by_default_and_flag_mode(tmp_path, backend, request):
-    url = new_database_url(backend, tmp_path, request)
+def test_summary_disabled_by_default_and_flag_mode(tmp_path):
+    # Storage logic of flag mode runs on both backends in test_storage.py; here the HTTP edge.
+    url = f"sqlite:///{tmp_path / 'flag.sqlite3'}"
     env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_DATABASE_URL": url,
            "MSKCDS_FEEDBACK_UNKNOWN_CARD": "flag"}
     with run_server(env, tmp_path, workers=1) as srv:
@@ -248,19 +249,16 @@ def test_summary_disabled_by_default_and_flag_mode(tmp_path, backend, request):
     assert [(f["card_uuid"], f["unknown_card"]) for f in flagged] == [(ghost, True)]
 
 
-def test_purge_cli(tmp_path):
+def test_purge_cli(tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'purge.sqlite3'}"
     store = open_store(Config.from_env({"database_url": url}, environ={}))
     issue(store, 2)
-    env = {**os.environ, "MSKCDS_DATABASE_URL": url, "MSKCDS_RETENTION_DAYS": "30"}
-    dry = subprocess.run([sys.executable, "-m", "cds.cli", "purge", "--days", "1", "--dry-run"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0 and "would delete 0 issued-card records" in dry.stdout
+    monkeypatch.setenv("MSKCDS_DATABASE_URL", url)
+    monkeypatch.setenv("MSKCDS_RETENTION_DAYS", "30")
+    assert cli_main(["purge", "--days", "1", "--dry-run"]) == 0
+    assert "would delete 0 issued-card records" in capsys.readouterr().out
     assert store.counts()["issued_cards"] == 2
-    bad = subprocess.run([sys.executable, "-m", "cds.cli", "purge", "--days", "0"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
-    ok = subprocess.run([sys.executable, "-m", "cds.cli", "purge"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "older than 30 days" in ok.stdout
+    assert cli_main(["purge", "--days", "0"]) == 2
+    assert cli_main(["purge"]) == 0
+    assert "older than 30 days" in capsys.readouterr().out
     assert store.counts()["issued_cards"] == 2  # nothing that young is purged

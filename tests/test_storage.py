@@ -18,8 +18,8 @@ from cds.config import Config
 from cds.errors import BadRequest
 from cds.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, SqlStore, current_revision,
                          migrate, open_store, report_key)
-from feedback_support import (BACKENDS, SERVICE, TOPIC_SYSTEM, make_card, new_database_url,
-                              pg_databases)  # noqa: F401 - fixture
+from feedback_support import (BACKENDS, SERVICE, TOPIC_SYSTEM, make_card,  # noqa: F401
+                              new_database_url, pg_databases, pg_scratch_url)
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD = "0001"
@@ -27,7 +27,7 @@ HEAD = "0001"
 
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path) -> str:
-    return new_database_url(request.param, tmp_path, request)
+    return new_database_url(request.param, tmp_path, request, scratch=True)
 
 
 def store_for(url: str, **over) -> SqlStore:
@@ -97,7 +97,8 @@ def _migrate_in_child(url: str, queue) -> None:
 
 
 def test_concurrent_migrations_from_several_processes(db_url):
-    ctx = multiprocessing.get_context("spawn")
+    # fork, as gunicorn does (and no re-import per child): four migrators start at once.
+    ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_migrate_in_child, args=(db_url, queue)) for _ in range(4)]
     for p in procs:
