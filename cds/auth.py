@@ -80,10 +80,16 @@ class JwksFetcher:
         self.clock = clock
         self._cache: dict[str, tuple[dict[str, PublicKey], float]] = {}
         self._last_refresh: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock_for(self, url: str) -> threading.Lock:
+        # One lock per URL: a slow JWKS endpoint of one client never delays another client.
+        with self._locks_lock:
+            return self._locks.setdefault(url, threading.Lock())
 
     def key(self, url: str, kid: str) -> PublicKey | None:
-        with self._lock:
+        with self._lock_for(url):
             now = self.clock()
             cached = self._cache.get(url)
             if cached is None or now - cached[1] >= self.cache_seconds:
