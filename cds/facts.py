@@ -66,6 +66,9 @@ class PatientFacts:
     # first and last day the birthDate can mean: equal for a full date; for a partial
     # birthDate (YYYY / YYYY-MM) birth_date stays None and only this range is known
     birth_date_range: tuple[date, date] | None = None
+    # this patient's own final results that could not be used (unit, date, value, validity),
+    # counted per kind: "measured but unusable" is not "not measured" (e.g. no DXA on record)
+    unusable: dict[str, int] = field(default_factory=dict)
 
     @property
     def age_range(self) -> tuple[int, int] | None:

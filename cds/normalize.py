@@ -97,7 +97,10 @@ _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class _Drop(Exception):
-    """A resource (or one value in it) is not used; the message is the reason (no patient data)."""
+    """A resource (or one value in it) is not used; the message is the reason (no patient data).
+    ``kinds``: for this patient's own results, the observation kinds that were lost."""
+
+    kinds: list[str] = []
 
 
 # --------------------------------------------------------------------------- entry point
@@ -129,6 +132,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
                 except _PartialDrop as part:   # some values kept, others dropped
                     found = part.kept
                     facts.excluded.append(f"{rtype}: {part}")
+                    _count_unusable(facts, part.kinds)
                 for m in found:
                     measurements.setdefault(m.kind, []).append(m)
             elif rtype == "Patient":
@@ -144,6 +148,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
                     facts.medications.setdefault(m.category, []).append(m)
         except _Drop as why:
             facts.excluded.append(f"{rtype}: {why}")
+            _count_unusable(facts, why.kinds)
         except Exception:  # malformed beyond what the checks foresee: excluded, never a 5xx
             log.warning("normalize: %s could not be read", rtype, exc_info=False)
             facts.excluded.append(f"{rtype}: could not be read")
@@ -152,6 +157,11 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
         values.sort(key=_when, reverse=True)   # newest first; stable for equal dates
     facts.measurements = measurements
     return facts
+
+
+def _count_unusable(facts: PatientFacts, kinds: list[str]) -> None:
+    for kind in kinds:
+        facts.unusable[kind] = facts.unusable.get(kind, 0) + 1
 
 
 def _text(value: Any) -> str | None:
@@ -423,38 +433,49 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     if status not in term.observation_status:
         raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS
                     else "status missing or not an ObservationStatus code")
-    when = _effective(res)
-    if when.date() > latest_day:
-        raise _Drop("dated in the future")
+    # from here on it is this patient's result: if it cannot be used, say for which kinds
+    # (facts.unusable), so evaluate never reads "not measured" into "measured but unusable"
+    try:
+        when = _effective(res)
+        if when.date() > latest_day:
+            raise _Drop("dated in the future")
+    except _Drop as why:
+        why.kinds = [m.kind for m in ([main] if main else []) + [p[0] for p in parts]]
+        raise
 
     out: list[Measurement] = []
     reasons: list[str] = []
+    failed: list[str] = []
     rid = res.get("id") if isinstance(res.get("id"), str) else None
-    if main is not None:
+    for meaning, holder, label in ([(main, res, "")] if main is not None else []) + \
+            [(hit, comp, "component: ") for hit, comp in parts]:
         try:
-            out.append(_measurement(term, main, res, when, rid))
+            out.append(_measurement(term, meaning, holder, when, rid))
         except _Drop as why:
-            reasons.append(str(why))
-    for hit, comp in parts:
-        try:
-            out.append(_measurement(term, hit, comp, when, rid))
-        except _Drop as why:
-            reasons.append(f"component: {why}")
+            reasons.append(f"{label}{why}")
+            failed.append(meaning.kind)
     if not out:
-        raise _Drop("; ".join(reasons))
+        drop = _Drop("; ".join(reasons))
+        drop.kinds = failed
+        raise drop
     # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
-    _validate_observation(res)
+    try:
+        _validate_observation(res)
+    except _Drop as why:
+        why.kinds = [m.kind for m in out] + failed
+        raise
     if reasons:
-        raise _PartialDrop(out, reasons)
+        raise _PartialDrop(out, reasons, failed)
     return out
 
 
 class _PartialDrop(_Drop):
     """Some values of one Observation were usable, others not (only raised internally)."""
 
-    def __init__(self, kept: list[Measurement], reasons: list[str]):
+    def __init__(self, kept: list[Measurement], reasons: list[str], failed: list[str]):
         super().__init__("; ".join(reasons))
         self.kept = kept
+        self.kinds = failed
 
 
 def _effective(res: Mapping[str, Any]) -> datetime:

@@ -827,3 +827,31 @@ def test_unforeseen_error_excludes_that_resource_only(term, monkeypatch, caplog)
     assert facts.excluded == ["Condition: could not be read"]
     assert facts.latest("vitamin-d-25oh").value == 15
     assert "Jane" not in caplog.text
+
+
+@pytest.mark.parametrize("resource, unusable", [
+    (obs(T_SPINE, -3.0, "T-score", ucum=False), {"t-score": 1}),       # unit text, no code
+    (obs(VITD, 9, "mg/dL"), {"vitamin-d-25oh": 1}),
+    (obs(VITD, 9, "ng/mL", when=None), {"vitamin-d-25oh": 1}),         # no date
+    (obs(VITD, 9000, "ng/mL"), {"vitamin-d-25oh": 1}),                 # implausible
+    (obs(VITD, 9, "ng/mL", subject="Patient/p2"), {}),                 # not this patient's
+    (obs(VITD, 9, "ng/mL", status="entered-in-error"), {}),            # not a result
+    (obs(VITD, 9, "ng/mL", status="preliminary"), {}),
+    (obs(VITD, 9, "ng/mL", focus=[{"reference": "Patient/fetus"}]), {}),
+    (obs(VITD, 9, "ng/mL"), {}),
+])
+def test_unusable_own_results_are_counted_per_kind(term, resource, unusable):
+    assert run(term, resource).unusable == unusable
+
+
+def test_unusable_counts_failed_components_and_invalid_resources(term):
+    panel = obs("dxa-panel", None, None, system="http://acme.example/panels", rid="a", component=[
+        {"code": {"coding": [{"system": LOINC, "code": T_SPINE}]},
+         "valueQuantity": {"value": -2.7, "system": UCUM, "code": "1"}},
+        {"code": {"coding": [{"system": LOINC, "code": Z_SPINE}]},
+         "valueQuantity": {"value": -1.0, "system": UCUM, "code": "mg"}}])
+    invalid = obs(BMD_SPINE, 0.8, "g/cm2", rid="b")
+    invalid["code"]["coding"][0]["version"] = {"not": "a string"}
+    facts = run(term, panel, invalid)
+    assert facts.unusable == {"z-score": 1, "bmd": 1}
+    assert only(facts, "t-score").value == -2.7
