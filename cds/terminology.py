@@ -89,6 +89,8 @@ class UnverifiedSchema(Schema):
     code = fields.String(required=True)
     why = fields.String(required=True)
     display = fields.String()
+    source = fields.String()
+    note = fields.String()
 
 
 class ValueSetsSchema(_Strict):
