@@ -232,8 +232,7 @@ BROKEN = [
 @pytest.mark.parametrize("filename, change, expected", BROKEN,
                          ids=[f"{b[0]}:{'/'.join(b[2])[:40]}" for b in BROKEN])
 def test_broken_file_raises_rules_error_naming_file_and_field(tmp_path, filename, change, expected):
-    rules = rules_copy(tmp_path)
-    load_terminology(rules)                       # the copy itself is fine
+    rules = rules_copy(tmp_path)     # the unchanged copy loads: test_condition_medication_...
     edit(rules / filename, change)
     with pytest.raises(RulesError) as info:
         load_terminology(rules)
