@@ -18,6 +18,18 @@ CATEGORIES = Path(__file__).parent / "data" / "valuesets-categories.yaml"
 FILES = ("valuesets.yaml", "units.yaml", "data_quality.yaml")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
 def rules_copy(tmp_path: Path, with_categories: bool = True) -> Path:
     """rules/{valuesets,units,data_quality}.yaml copied to tmp (plus the test categories)."""
     out = tmp_path / "rules"
@@ -25,16 +37,16 @@ def rules_copy(tmp_path: Path, with_categories: bool = True) -> Path:
     for name in FILES:
         shutil.copy(RULES / name, out / name)
     if with_categories:
-        vs = yaml.safe_load((out / "valuesets.yaml").read_text())
-        vs.update(yaml.safe_load(CATEGORIES.read_text()))
-        (out / "valuesets.yaml").write_text(yaml.safe_dump(vs, sort_keys=False))
+        vs = _load((out / "valuesets.yaml").read_text())
+        vs.update(_load(CATEGORIES.read_text()))
+        (out / "valuesets.yaml").write_text(_dump(vs))
     return out
 
 
 def edit(path: Path, change: Callable[[Any], None]) -> None:
-    data = yaml.safe_load(path.read_text())
+    data = _load(path.read_text())
     change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(_dump(data))
 
 
 @pytest.fixture(scope="module")
