@@ -149,10 +149,16 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def within_base(url: str, base: str) -> bool:
     """True when ``url`` is on the FHIR server ``base``: same scheme, host and port,
     and its path at or under the base path."""
+    # No credentials in the URL, no backslashes or whitespace: parsers disagree on them.
+    if any(c in url for c in "\\ \t\r\n") or any(ord(c) < 32 for c in url):
+        return False
     try:
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            return False
         if _origin(url) != _origin(base):
             return False
-        path = urlsplit(url).path
+        path = parts.path
     except ValueError:
         return False
     base_path = urlsplit(base).path.rstrip("/")
@@ -292,9 +298,11 @@ class _Fetcher:
         pages = 0
         out: list[dict[str, Any]] = []
         page: Any = first
+        current = self.base + "/"
         if page is None:
             assert rendered is not None
-            page = self.get_json(f"{self.base}/{rendered.lstrip('/')}")
+            current = f"{self.base}/{rendered.lstrip('/')}"
+            page = self.get_json(current)
         while True:
             pages += 1
             if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
@@ -303,11 +311,13 @@ class _Fetcher:
             url = next_link(page)
             if url is None:
                 return out
+            url = urljoin(current, url)  # FHIR next links are absolute; tolerate relative ones
             if pages >= self.config.fhir_max_pages:
                 raise Unavailable(f"the search has more than {self.config.fhir_max_pages} "
                                   f"pages (MSKCDS_FHIR_MAX_PAGES)")
             if not within_base(url, self.base):
                 raise Unavailable("the next page link points outside fhirServer; not followed")
+            current = url
             page = self.get_json(url)
 
 

@@ -136,6 +136,11 @@ def test_unresolvable_template_makes_its_key_unavailable_not_a_crash(fhir, sessi
     ("http://h:8080/other", False),
     ("http://h:8080/fhir/../admin", False),
     ("http://user@evil:8080/fhir/x", False),
+    ("http://evil\\@h:8080/fhir/x", False),     # parsers disagree on backslashes
+    ("http://x:y@h:8080/fhir/x", False),          # credentials in the URL
+    ("http://h:8080/fhir/x y", False),
+    ("http://h:8080/fhir/x\r\nHost: evil", False),
+    ("/fhir/Patient/1", False),                   # relative: resolved before the check
 ])
 def test_within_base(url, ok):
     assert within_base(url, "http://h:8080/fhir") is ok
@@ -256,6 +261,15 @@ def test_paged_prefetch_bundle_is_completed_from_the_fhir_server(fhir, session):
               request({"observations": first}, fhir.base_url), session)
     assert [r["id"] for r in got.by_key["observations"]] == ["o7", "o6", "o5", "o4", "o3", "o2", "o1"]
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in fhir.asked())
+
+
+def test_relative_next_link_is_resolved_on_the_fhir_server(fhir, session):
+    fhir.load(*[obs(f"o{i}", day=i) for i in range(1, 5)])
+    first = searchset([obs("o4", day=4)], next_url="Observation?patient=p1&_sort=-date&_count=3&_offset=1")
+    got = run({"observations": TEMPLATES["observations"]},
+              request({"observations": first}, fhir.base_url), session)
+    assert [r["id"] for r in got.by_key["observations"]] == ["o4", "o3", "o2", "o1"]
+    assert [a.path for a in fhir.asked()] == ["/fhir/Observation"]
 
 
 def test_paged_prefetch_without_fhir_server_is_412(session):
