@@ -42,7 +42,7 @@ import yaml
 from cds import gather as gather_mod
 from cds import wire
 from cds.config import Config
-from conftest import load_json, run_server
+from conftest import EXAMPLES, load_json, run_server
 from fhir_test_server import FhirTestServer
 
 pytestmark = pytest.mark.slow
@@ -180,6 +180,19 @@ def test_our_discovery_matches_swagger_and_wire(discovery, swagger):
     pv = {s["id"]: s for s in discovery["services"]}["bone-muscle-health"]
     assert pv["hook"] == "patient-view"
     assert pv["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+def test_our_cards_match_swagger_and_wire(server, swagger_response):
+    """Every example patient in fhir_examples/: our answer validates against both."""
+    paths = sorted(EXAMPLES.glob("*.request.json"))
+    assert paths
+    n_cards = 0
+    for path in paths:
+        r = requests.post(server.url(SERVICE), json=load_json(path), timeout=15)
+        assert r.status_code == 200, (path.name, r.text)
+        assert_valid_cards(r, swagger_response)
+        n_cards += len(r.json()["cards"])
+    assert n_cards, "no cards were produced: the check above would be vacuous"
 
 
 def test_spec_example_responses_pass_swagger_as_adapted(shared_dir, swagger_response):
