@@ -33,6 +33,9 @@ from cds.terminology import load_terminology  # noqa: E402
 ANCHOR = date(2026, 11, 22)
 UCUM = "http://unitsofmeasure.org"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 NAMESPACE = uuid.UUID("6f1d6a52-3c1e-4d0b-9f1e-6d736b636473")   # fixed: deterministic ids
 PREFETCH_TYPES = {"observations": "Observation", "conditions": "Condition",
                   "medications": "MedicationRequest"}
@@ -57,6 +60,7 @@ class Example:
     gender: str
     birth_date: date
     observations: list[Obs] = field(default_factory=list)
+    conditions: list[str] = field(default_factory=list)     # condition categories (valuesets.yaml)
 
 
 # Unit display strings (Quantity.unit), by UCUM code.
@@ -80,6 +84,11 @@ def examples(anchor: date) -> list[Example]:
         Example("vitamin-d-deficiency", "vitamin-d-deficiency",
                 "Woman, 58: 25(OH)D 9 ng/mL (deficient, severe: below 12)", "female",
                 born(58, anchor), [Obs("vitamin-d-25oh", 9, "ng/mL", 51)]),
+        Example("vitamin-d-deficiency-kidney-failure", "vitamin-d-deficiency",
+                "Man, 70, CKD stage 5 on the problem list: 25(OH)D 14 ng/mL (KDIGO applies, no dosing)",
+                "male", born(70, anchor), [Obs("vitamin-d-25oh", 14, "ng/mL", 25),
+                                           Obs("t-score", -0.8, "{T-score}", 300, site="total-hip")],
+                conditions=["ckd-stage-4-5"]),
         Example("vitamin-d-insufficiency", "vitamin-d-insufficiency",
                 "Man, 45: 25(OH)D 62 nmol/L (24.8 ng/mL, insufficient)", "male",
                 born(45, anchor), [Obs("vitamin-d-25oh", 62, "nmol/L", 30)]),
@@ -201,7 +210,22 @@ def build(example: Example, anchor: date, term: Any) -> tuple[dict[str, Any], di
             "effectiveDateTime": f"{day.isoformat()}T09:30:00Z",
             "valueQuantity": quantity,
         })
-    by_type: dict[str, list[dict[str, Any]]] = {"Observation": observations}
+    conditions = []
+    for i, category in enumerate(example.conditions):
+        key = next(k for k, cats in term.condition_codes.items()
+                   if any(c.category == category for c in cats))
+        system, code = key.rsplit("|", 1)
+        display = next(c.display for c in term.condition_codes[key] if c.category == category)
+        conditions.append({
+            "resourceType": "Condition", "id": f"{pid}-cond-{i + 1}",
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": "confirmed"}]},
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+            "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+            "subject": {"reference": f"Patient/{pid}"},
+            "recordedDate": (anchor - timedelta(days=400)).isoformat(),
+        })
+    by_type: dict[str, list[dict[str, Any]]] = {"Observation": observations, "Condition": conditions}
     prefetch: dict[str, Any] = {}
     for key, template in term.prefetch_templates().items():
         if key == "patient":
@@ -222,7 +246,7 @@ def build(example: Example, anchor: date, term: Any) -> tuple[dict[str, Any], di
                   "meta": {"tag": [{"system": "urn:mskcds:example", "code": example.name,
                                     "display": example.title}]},
                   "entry": [{"fullUrl": f"urn:uuid:{_uid(example.name, r['resourceType'], r['id'])}",
-                             "resource": r} for r in [patient] + observations]}
+                             "resource": r} for r in [patient] + observations + conditions]}
     return request, collection
 
 

@@ -111,3 +111,12 @@ def test_real_server_over_http(open_server, example_dir, name):
     r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert topics(r.json()) == expected(name)
+
+
+def test_kidney_failure_example_over_http_has_no_dosing(open_server, example_dir):
+    body = json.loads((example_dir / "vitamin-d-deficiency-kidney-failure.request.json").read_text())
+    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=30)
+    (card,) = r.json()["cards"]
+    assert "KDIGO" in card["detail"]
+    kinds = {a["resource"]["resourceType"] for s in card["suggestions"] for a in s["actions"]}
+    assert "MedicationRequest" not in kinds and "ServiceRequest" in kinds
