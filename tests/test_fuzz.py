@@ -241,3 +241,53 @@ def test_real_server_edges(open_server):
     ok = requests.post(url, json=valid_request(), timeout=10)
     assert ok.status_code == 200  # the worker survived all of the above
     check_answer(ok.status_code, ok.json())
+
+
+# --------------------------------------------------------------------------- FHIR server answers
+@pytest.fixture(scope="module")
+def fhir_server():
+    from fhir_test_server import FhirTestServer
+    with FhirTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fallback_client(tmp_path_factory, fhir_server):
+    tmp = tmp_path_factory.mktemp("fuzz-fhir")
+    app = create_app({"require_auth": False, "database_url": f"sqlite:///{tmp / 'f.sqlite3'}",
+                      "allowed_fhir_servers": fhir_server.base_url, "fhir_total_budget": 3.0})
+    return app.test_client()
+
+
+fhir_answers = st.one_of(
+    bundle_of(resources).map(lambda b: (200, json.dumps(b).encode())),
+    resources.map(lambda r: (200, json.dumps(r).encode())),
+    json_values.map(lambda v: (200, json.dumps(v).encode())),
+    st.binary(max_size=50).map(lambda b: (200, b)),
+    st.sampled_from([301, 302, 400, 401, 403, 404, 410, 429, 500, 503]).map(lambda s: (s, b"{}")),
+    st.builds(lambda page, link: (200, json.dumps({**page, "link": link}).encode()),
+              bundle_of(resources), st.lists(st.fixed_dictionaries(
+                  {"relation": st.sampled_from(["next", "self", "previous"]),
+                   "url": st.sampled_from(["http://127.0.0.1:9/fhir/x", "Observation?page=2",
+                                           "", "javascript:x", "http://evil\\@127.0.0.1/fhir"])
+                   | st.text(max_size=20)}), max_size=2)),
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["Patient", "Observation", "Condition", "MedicationRequest"]),
+                       fhir_answers, min_size=4, max_size=4))
+def test_whatever_the_fhir_server_answers_never_500(fallback_client, fhir_server, answers):
+    def answer(path, query):
+        rtype = path.split("/fhir/", 1)[-1].split("/", 1)[0]
+        status, body = answers.get(rtype, (404, b"{}"))
+        headers = {"Location": "http://127.0.0.1:9/elsewhere"} if status in (301, 302) else {}
+        return status, headers, body
+
+    fhir_server.reset()
+    fhir_server.override = answer
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": fhir_server.base_url,
+            "context": {"userId": "Practitioner/fz", "patientId": PATIENT}, "prefetch": {}}
+    r = fallback_client.post(SERVICE, data=json.dumps(body), content_type="application/json")
+    check_answer(r.status_code, r.get_json())
+    assert r.status_code in (200, 412), r.get_json()
