@@ -417,7 +417,7 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
         finally:
             # Never wait for a straggler: its own timeouts end it shortly.
             pool.shutdown(wait=False, cancel_futures=True)
-            if own_session and not pending_running(futures):
+            if own_session and all(f.done() for f in futures):
                 http.close()
         log.info("fhir fetch", extra={"fields": {
             "keys_fetched": sorted(k for k in jobs if out.source.get(k) == "fhir"),
@@ -426,8 +426,7 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
 
     if unavailable:
         raise PrefetchUnavailable(unavailable)
+    # Same order whichever way each key was satisfied (stable output for equal input).
+    out.by_key = {k: out.by_key[k] for k in templates if k in out.by_key}
     return out
 
-
-def pending_running(futures: Mapping[cf.Future, str]) -> bool:
-    return any(not f.done() for f in futures)
