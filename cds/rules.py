@@ -456,8 +456,14 @@ class OverrideReasonsSchema(_Strict):
                         validate=validate.Length(min=1))
 
 
+class ServiceTextSchema(_Strict):
+    title = fields.String(required=True, validate=validate.Length(min=3, max=120))
+    description = fields.String(required=True, validate=validate.Length(min=10, max=1000))
+
+
 class CardsFileSchema(_Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
+    service = fields.Nested(ServiceTextSchema, required=True)
     finding_system = fields.String(required=True, validate=validate.Regexp(r"^urn:mskcds(:[a-z\-]+)*$"))
     override_reasons = fields.Nested(OverrideReasonsSchema, required=True)
     labels = fields.Dict(keys=fields.String(), values=fields.Raw(), required=True)
@@ -570,6 +576,7 @@ class SuggestionTemplate:
 
 @dataclass(frozen=True)
 class CardRules:
+    service: Mapping[str, str]
     finding_system: str
     override_system: str
     override_reasons: Mapping[str, str]
@@ -607,6 +614,10 @@ class Rules:
         if self.terminology is not None and hasattr(self.terminology, "prefetch_templates"):
             return dict(self.terminology.prefetch_templates())
         return {"patient": "Patient/{{context.patientId}}"}
+
+    def service_text(self) -> dict[str, str]:
+        """Title and description of the CDS service (rules/cards.yaml ``service:``)."""
+        return dict(self.cards.service) if self.cards else {}
 
     def orderable(self, name: str) -> dict[str, str] | None:
         if self.terminology is None:
@@ -832,6 +843,7 @@ def _build_cards(path: Path, data: Mapping[str, Any], citations: Mapping[str, Ci
     suggestions = {sid: _build_suggestion(path, sid, s, terminology)
                    for sid, s in data["suggestions"].items()}
     return CardRules(
+        service={k: " ".join(v.split()) for k, v in data["service"].items()},
         finding_system=data["finding_system"], override_system=data["override_reasons"]["system"],
         override_reasons=dict(reasons), labels=dict(data["labels"]), kinds=dict(data["kinds"]),
         measures=dict(data["measures"]), sites=dict(data["sites"]), units=dict(data["units"]),

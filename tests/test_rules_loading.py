@@ -174,3 +174,12 @@ def test_bad_rules_stop_the_cli_with_a_message_not_a_traceback(rules_copy):
     assert proc.returncode != 0
     assert "bone.yaml" in proc.stderr and "t_score" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_discovery_text_lives_in_rules(rules_copy):
+    from cds.engine import Engine
+
+    edit(rules_copy / "cards.yaml", lambda d: d["service"].update(title="Knochen und Muskeln"))
+    (service,) = Engine(Config(rules_dir=rules_copy)).discovery()["services"]
+    assert service["title"] == "Knochen und Muskeln"
+    assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
