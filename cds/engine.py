@@ -64,15 +64,13 @@ class Engine:
         self.http_session = (http_session if http_session is not None
                              else gather_mod.make_session(config))
         self._today = today or (lambda: datetime.now(timezone.utc).date())
+        text = self.rules.service_text()   # title and description live in rules/cards.yaml
         self.services: dict[str, Service] = {
             "bone-muscle-health": Service(
                 id="bone-muscle-health",
                 hook="patient-view",
-                title="Bone and muscle health (vitamin D, DXA, sarcopenia)",
-                description=("Reads serum 25-hydroxyvitamin D, DXA bone density, lean mass, grip "
-                             "strength and gait speed together and returns guideline-based cards for "
-                             "vitamin D deficiency or excess, osteoporosis or low bone mass, "
-                             "sarcopenia and osteosarcopenia."),
+                title=text["title"],
+                description=text["description"],
                 prefetch=self.rules.prefetch_templates(),
             ),
         }
