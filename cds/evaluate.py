@@ -256,7 +256,7 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     evidence: list[Measurement] = list(grips)
     criteria: list[dict[str, Any]] = []
     if grips:
-        criteria.append(_criterion("grip-strength", grip_crit, "kg", grip_state))
+        criteria.append(_criterion("grip-strength", grip_crit, grips[0].unit, grip_state))
     for mv in masses:
         if mv.state != ABSENT and code != "sarcopenia-probable" or mv.state == UNKNOWN:
             evidence.extend(mv.sources)
@@ -264,7 +264,7 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     use_gait = code in ("sarcopenia-severe", "sarcopenia-confirmed") and gait is not None
     if use_gait:
         evidence.append(gait)
-        criteria.append(_criterion("gait-speed", gait_crit, "m/s", gait_state))
+        criteria.append(_criterion("gait-speed", gait_crit, gait.unit, gait_state))
     days = [m.day for m in evidence]
     derived = tuple({"measure": mv.measure, "value": mv.value, "unit": mv.unit,
                      "sources": mv.sources, "day": mv.day}
