@@ -181,11 +181,11 @@ def _measurement_row(m: Measurement, rules: Rules) -> str:
     if m.laterality:
         label += f" ({m.laterality})"
     text = _with_unit(_value_text(m), _unit(rules, m.unit))
-    converted = m.original_unit and (m.original_unit != m.unit or m.original_value != m.value)
-    if converted:
+    if m.original_unit:
         original = _with_unit(f"{m.comparator or ''}{fmt_number(m.original_value)}",
                               _unit(rules, m.original_unit))
-        text += f" ({cr.labels['sent_as']} {original})"
+        if original != text:   # converted: show what was sent too
+            text += f" ({cr.labels['sent_as']} {original})"
     return f"- {label}: {text}, {m.day.isoformat()}"
 
 

@@ -173,3 +173,14 @@ def test_evaluate_and_cards_are_fast():
     median = statistics.median(timings)
     print(f"evaluate+cards median {median:.3f} ms")
     assert median < 5.0, f"evaluate+cards median {median:.2f} ms (target < 5 ms)"
+
+
+def test_original_value_shown_only_when_it_differs(engine):
+    payload = request("osteoporosis")
+    for entry in payload["prefetch"]["observations"]["entry"]:
+        q = entry["resource"]["valueQuantity"]
+        if q["code"] == "{T-score}":
+            q["code"], q["unit"] = "1", "T-Score"          # the US Core spelling
+    (card,) = call(engine, payload)
+    assert "T-score, total hip: -2.7, " in card["detail"]
+    assert "sent as" not in card["detail"]
