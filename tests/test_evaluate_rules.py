@@ -251,3 +251,25 @@ def test_no_osteosarcopenia_with_probable_sarcopenia_or_z_score_finding(rules):
 def test_findings_sorted_most_severe_first(rules):
     data = [m("vitamin-d-25oh", 200), m("t-score", -1.5, site="total-hip")]
     assert [f.indicator for f in evaluate(facts(*data, age=70), rules)] == ["critical", "info"]
+
+
+def test_us_core_dxa_report_read_by_age_at_scan(rules, shared_dir):
+    """US Core's real DXA example (hip/femur T- and Z-scores, 2021-11-11): the patient was born
+    1987, so Z-scores (normal) are read and the T-scores (-1.62 hip) are not; the same data for
+    a patient born 1950 is low bone mass from the total hip."""
+    import json
+
+    from cds.normalize import normalize
+
+    folder = shared_dir / "us-core"
+    resources = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    (patient,) = [r for r in resources if r["resourceType"] == "Patient"]
+    facts_young = normalize(resources, patient["id"], rules, as_of=AS_OF)
+    assert [m.site for m in facts_young.all("t-score")]           # the T-scores were read...
+    assert codes(evaluate(facts_young, rules), drop=()) == []      # ...but never diagnose at 34
+    older = [dict(r, birthDate="1950-01-01", gender="female") if r["resourceType"] == "Patient" else r
+             for r in resources]
+    (f,) = evaluate(normalize(older, patient["id"], rules, as_of=AS_OF), rules)
+    assert f.code == "low-bone-mass"
+    assert (f.variables["key"].site, f.variables["key"].value) == ("total-hip", -1.62)
+    assert "dxa-old" in f.variables["flags"]                       # 2021 scan: repeat DXA offered
