@@ -183,3 +183,16 @@ def test_discovery_text_lives_in_rules(rules_copy):
     (service,) = Engine(Config(rules_dir=rules_copy)).discovery()["services"]
     assert service["title"] == "Knochen und Muskeln"
     assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+def test_long_summary_is_cut_below_140_characters(rules_copy):
+    from cds import wire
+    from cds.cards import build_cards
+
+    edit(rules_copy / "cards.yaml", lambda d: d["findings"]["vitamin-d-deficiency"].update(
+        summary="Vitamin D deficiency {value} {unit}; treat: {regimen}", summary_by_grade={}))
+    rules = load(rules_copy)
+    facts = vitamin_d_facts(15.0)
+    (card,) = build_cards(evaluate(facts, rules), facts, rules)
+    assert len(card["summary"]) < 140 and card["summary"].endswith("…")
+    wire.check_card(card)
