@@ -855,3 +855,21 @@ def test_unusable_counts_failed_components_and_invalid_resources(term):
     facts = run(term, panel, invalid)
     assert facts.unusable == {"z-score": 1, "bmd": 1}
     assert only(facts, "t-score").value == -2.7
+
+
+def test_cql_services_requests_with_mismatched_ids_give_no_facts(term, shared_dir):
+    """Real Synthea-derived requests (CQL Services test suite): context.patientId '2-1' while
+    the Patient is '43d3f8ac-...' and every reference is urn:uuid: — nothing can be proven to be
+    the patient in context, so nothing becomes a fact (and nothing raises)."""
+    path = shared_dir / "cql-services" / "examples" / "hooks" / "R4" / "Adrian111_Wunsch504.json"
+    request = json.loads(path.read_text())
+    resources: list[dict[str, Any]] = []
+    for value in request["prefetch"].values():
+        if value.get("resourceType") == "Bundle":
+            resources += [e["resource"] for e in value.get("entry", [])]
+        else:
+            resources.append(value)
+    facts = normalize(resources, request["context"]["patientId"], term, AS_OF)
+    assert (facts.gender, facts.birth_date, facts.measurements) == (None, None, {})
+    assert facts.conditions == {} and facts.medications == {}
+    assert facts.excluded == ["Patient: not the patient in context"]
