@@ -107,9 +107,12 @@ class Client(threading.Thread):
                               "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]})
             else:
                 item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": stamp}
-                if (n + k) % 3:
-                    item["overrideReason"] = {"reason": {"system": "https://example.org/or",
-                                                         "code": f"r{(n + k) % 3}"}}
+                if (n + k) % 3:  # a reason the card offered (or a made-up one), else none
+                    offered = card.get("overrideReasons") or [
+                        {"system": "https://example.org/or", "code": f"r{j}"} for j in range(2)]
+                    pick = offered[(n + k) % len(offered)]
+                    item["overrideReason"] = {"reason": {"system": pick["system"],
+                                                         "code": pick["code"]}}
                 items.append(item)
         return items
 
@@ -211,6 +214,7 @@ def test_concurrent_feedback_survives_a_killed_worker(backend, tmp_path, request
             reasons = Counter()
             for item in acked:
                 if finding_of[item["card"]] == finding and item["outcome"] == "overridden":
-                    code = item.get("overrideReason", {}).get("reason", {}).get("code")
-                    reasons[f"https://example.org/or|{code}" if code else "(no reason given)"] += 1
+                    coding = item.get("overrideReason", {}).get("reason")
+                    reasons[f"{coding['system']}|{coding['code']}" if coding
+                            else "(no reason given)"] += 1
             assert report[finding]["override_reasons"] == dict(reasons), finding

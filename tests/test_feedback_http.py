@@ -21,7 +21,7 @@ import requests
 from cds.cli import main as cli_main
 from cds.config import Config
 from cds.storage import SqlStore, open_store
-from conftest import REPO, run_server
+from conftest import EXAMPLES, REPO, run_server
 from feedback_support import (BACKENDS, SERVICE, load, make_card, new_database_url,  # noqa: F401
                               pg_databases, substitute)
 
@@ -53,9 +53,35 @@ def store(database_url, server) -> SqlStore:
                                       environ={}))
 
 
-def issue(store: SqlStore, n: int, finding: str = "vitd-deficiency", suggestions: int = 1):
-    cards = [make_card(finding, suggestions) for _ in range(n)]
-    assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
+def service_cards(server, n: int, same_finding: bool = False) -> list[dict] | None:
+    """``n`` cards with suggestions from real service calls on fhir_examples/*.request.json
+    (None while there are no examples in the tree)."""
+    examples = sorted(EXAMPLES.glob("*.request.json"))
+    if not examples:
+        return None
+    cards: list[dict] = []
+    for attempt in range(20 * n):
+        body = json.loads(examples[attempt % len(examples)].read_text(encoding="utf-8"))
+        body["hookInstance"] = str(uuid.uuid4())
+        r = requests.post(server.url(f"/cds-services/{SERVICE}"), json=body, timeout=30)
+        assert r.status_code == 200, r.text[:300]
+        for card in r.json()["cards"]:
+            if not card.get("suggestions"):
+                continue
+            if same_finding and cards and card["source"].get("topic") != cards[0]["source"].get("topic"):
+                continue
+            cards.append(card)
+            if len(cards) == n:
+                return cards
+    raise AssertionError(f"the example requests did not produce {n} cards with suggestions")
+
+
+def issue(server, store: SqlStore, n: int, same_finding: bool = False) -> list[dict]:
+    """Cards issued by the service (real calls), or through the store until examples exist."""
+    cards = service_cards(server, n, same_finding)
+    if cards is None:
+        cards = [make_card("vitd-deficiency", 1) for _ in range(n)]
+        assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
     return cards
 
 
@@ -71,7 +97,7 @@ def rows_for(store: SqlStore, cards) -> list[dict]:
 # --------------------------------------------------------------------------- spec examples
 def test_spec_feedback_accepted(server, store, shared_dir):
     doc = load(shared_dir / "cds-hooks-spec" / "feedback-accepted.json")
-    cards = issue(store, 1)
+    cards = issue(server, store, 1)
     r = post(server, substitute(doc, cards))
     assert r.status_code == 200, r.text
     (row,) = rows_for(store, cards)
@@ -82,7 +108,7 @@ def test_spec_feedback_accepted(server, store, shared_dir):
 
 def test_spec_feedback_overridden_without_reason(server, store, shared_dir):
     doc = load(shared_dir / "cds-hooks-spec" / "feedback-overridden-no-reason.json")
-    cards = issue(store, 1)
+    cards = issue(server, store, 1)
     assert post(server, substitute(doc, cards)).status_code == 200
     (row,) = rows_for(store, cards)
     assert (row["outcome"], row["override_reason_code"], row["user_comment"]) == (
@@ -91,7 +117,7 @@ def test_spec_feedback_overridden_without_reason(server, store, shared_dir):
 
 def test_spec_feedback_overridden_with_reason(server, store, shared_dir):
     doc = load(shared_dir / "cds-hooks-spec" / "feedback-overridden-with-reason.json")
-    cards = issue(store, 1)
+    cards = issue(server, store, 1)
     assert post(server, substitute(doc, cards)).status_code == 200
     (row,) = rows_for(store, cards)
     reason = doc["feedback"][0]["overrideReason"]
@@ -101,14 +127,14 @@ def test_spec_feedback_overridden_with_reason(server, store, shared_dir):
 
 def test_cql_services_same_card_reported_twice(server, store, shared_dir):
     doc = load(shared_dir / "cql-services" / "examples" / "hooks" / "R4" / "feedback.json")
-    cards = issue(store, 1)
+    cards = issue(server, store, 1)
     assert post(server, substitute(doc, cards)).status_code == 200
     assert sorted(r["outcome"] for r in rows_for(store, cards)) == ["accepted", "overridden"]
 
 
 def test_cql_services_two_cards(server, store, shared_dir):
     doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
-    cards = issue(store, 2)
+    cards = issue(server, store, 2)
     assert post(server, substitute(doc, cards)).status_code == 200
     assert {r["card_uuid"] for r in rows_for(store, cards)} == {c["uuid"] for c in cards}
 
@@ -133,7 +159,7 @@ def test_external_payload_as_is_names_unknown_cards(server, store, shared_dir):
 ])
 def test_one_bad_item_stores_nothing(server, store, shared_dir, field, value, expression):
     doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
-    cards = issue(store, 2)
+    cards = issue(server, store, 2)
     body = substitute(doc, cards)
     if value is None:
         del body["feedback"][1][field]
@@ -149,7 +175,7 @@ def test_one_bad_item_stores_nothing(server, store, shared_dir, field, value, ex
 
 
 def test_wrong_suggestion_id_is_400(server, store):
-    card, other = issue(store, 2)
+    card, other = issue(server, store, 2)
     body = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                           "acceptedSuggestions": [{"id": other["suggestions"][0]["uuid"]}],
                           "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
@@ -168,7 +194,7 @@ def test_not_json_and_wrong_media_type(server):
 
 
 def test_feedback_for_unknown_service_is_404(server, store):
-    (card,) = issue(store, 1)
+    (card,) = issue(server, store, 1)
     r = post(server, {"feedback": [{"card": card["uuid"], "outcome": "overridden",
                                     "outcomeTimestamp": "2026-01-01T00:00:00Z"}]},
              path="/cds-services/no-such-service/feedback")
@@ -178,23 +204,37 @@ def test_feedback_for_unknown_service_is_404(server, store):
 
 # --------------------------------------------------------------------------- summary and CLI
 def test_admin_summary_matches_store_and_cli(server, store, database_url, monkeypatch, capsys):
-    cards = issue(store, 3, finding="http-summary-finding", suggestions=1)
+    cards = issue(server, store, 3, same_finding=True)
+    finding = cards[0]["source"].get("topic", {}).get("code", "(no topic)")
+    today = datetime.now(timezone.utc).date().isoformat()
+    zero = {"issued": 0, "accepted": 0, "overridden": 0, "acceptance_rate": None,
+            "override_reasons": {}}
+    before = store.summary(today, today).get(finding, zero)
+    offered = cards[1].get("overrideReasons") or [{"system": "https://example.org/or", "code": "dup"}]
+    reason = {"system": offered[0]["system"], "code": offered[0]["code"]}
+    label = f"{reason['system']}|{reason['code']}"
     body = {"feedback": [
         {"card": cards[0]["uuid"], "outcome": "accepted",
          "acceptedSuggestions": [{"id": cards[0]["suggestions"][0]["uuid"]}],
          "outcomeTimestamp": "2026-01-01T00:00:00Z"},
         {"card": cards[1]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z",
-         "overrideReason": {"reason": {"system": "https://example.org/or", "code": "dup"}}},
+         "overrideReason": {"reason": reason}},
     ]}
     assert post(server, body).status_code == 200
-    today = datetime.now(timezone.utc).date().isoformat()
     r = requests.get(server.url("/admin/feedback-summary"), params={"from": today, "to": today},
                      timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     over_http = r.json()
-    assert over_http["http-summary-finding"] == {
-        "issued": 3, "accepted": 1, "overridden": 1, "acceptance_rate": 0.5,
-        "override_reasons": {"https://example.org/or|dup": 1}}
+    after = over_http[finding]
+    # This test's 3 cards and 2 reports on top of what earlier tests left in the module's database.
+    assert after["issued"] >= before["issued"] >= 3
+    assert after["issued"] == sum(1 for row in store.issued_rows() if row["finding_code"] == finding
+                                  and row["issued_at"].date().isoformat() == today)
+    assert after["accepted"] == before["accepted"] + 1
+    assert after["overridden"] == before["overridden"] + 1
+    assert after["override_reasons"][label] == before["override_reasons"].get(label, 0) + 1
+    decided = after["accepted"] + after["overridden"]
+    assert after["acceptance_rate"] == round(after["accepted"] / decided, 4)
     assert over_http == store.summary(today, today)
 
     # The CLI once as a real process (JSON), then in-process (table, empty range).
@@ -207,9 +247,11 @@ def test_admin_summary_matches_store_and_cli(server, store, database_url, monkey
     monkeypatch.setenv("MSKCDS_DATABASE_URL", database_url)
     assert cli_main(["feedback-report"]) == 0
     table = capsys.readouterr().out
-    line = next(ln for ln in table.splitlines() if ln.startswith("http-summary-finding"))
-    assert line.split()[1:5] == ["3", "1", "1", "50.0%"]
-    assert "https://example.org/or|dup (1)" in line
+    line = next(ln for ln in table.splitlines() if ln.startswith(finding + " "))
+    assert line.split()[1:5] == [str(after["issued"]), str(after["accepted"]),
+                                 str(after["overridden"]), f"{after['acceptance_rate'] * 100:.1f}%"]
+    top_label, top_n = next(iter(after["override_reasons"].items()))
+    assert f"{top_label} ({top_n})" in line
     old = (datetime.now(timezone.utc) - timedelta(days=30)).date().isoformat()
     assert cli_main(["feedback-report", "--format", "json", "--to", old]) == 0
     assert json.loads(capsys.readouterr().out) == {}
@@ -252,7 +294,8 @@ def test_summary_disabled_by_default_and_flag_mode(tmp_path):
 def test_purge_cli(tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'purge.sqlite3'}"
     store = open_store(Config.from_env({"database_url": url}, environ={}))
-    issue(store, 2)
+    assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()),
+                               [make_card("vitd-deficiency"), make_card("osteoporosis")])
     monkeypatch.setenv("MSKCDS_DATABASE_URL", url)
     monkeypatch.setenv("MSKCDS_RETENTION_DAYS", "30")
     assert cli_main(["purge", "--days", "1", "--dry-run"]) == 0
