@@ -305,3 +305,27 @@ def test_purge_cli(tmp_path, monkeypatch, capsys):
     assert cli_main(["purge"]) == 0
     assert "older than 30 days" in capsys.readouterr().out
     assert store.counts()["issued_cards"] == 2  # nothing that young is purged
+
+
+def test_admin_summary_and_feedback_need_a_token_when_auth_is_on(tmp_path):
+    from auth_support import new_ec_signer, write_clients
+
+    ehr = new_ec_signer("https://ehr.example.org", "feedback-test-key")
+    clients = write_clients(tmp_path / "clients.yaml", [{"iss": ehr.iss, "jwks": ehr.jwks()}])
+    env = {"MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": str(clients),
+           "MSKCDS_ADMIN_SUMMARY_ENABLED": "true", "MSKCDS_REPLAY_CACHE_URL": "memory",
+           "MSKCDS_DATABASE_URL": f"sqlite:///{tmp_path / 'auth.sqlite3'}"}
+    with run_server(env, tmp_path, workers=1) as srv:
+        summary = srv.url("/admin/feedback-summary")
+        assert requests.get(summary, timeout=10).status_code == 401
+        r = requests.get(summary, headers=ehr.bearer(summary), timeout=10)
+        assert r.status_code == 200 and r.json() == {}
+        # A token minted for another endpoint is not accepted here.
+        other = srv.url(FEEDBACK_URL)
+        assert requests.get(summary, headers=ehr.bearer(other), timeout=10).status_code == 401
+        body = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+                              "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+        assert requests.post(other, json=body, timeout=10).status_code == 401
+        r = requests.post(other, json=body, headers=ehr.bearer(other), timeout=10)
+        assert r.status_code == 400  # past authentication: the card is unknown
+        assert r.json()["issue"][0]["expression"] == ["feedback[0].card"]
