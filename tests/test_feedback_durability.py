@@ -73,6 +73,12 @@ def obtain_cards(server, store) -> tuple[list[dict], str]:
             assert row["finding_code"] == card["source"].get("topic", {}).get("code")
             assert json.loads(row["suggestion_uuids"]) == [
                 s["uuid"] for s in card.get("suggestions", [])]
+        # ... and nothing about the patient: no identifier, no card text.
+        stored = json.dumps([{k: str(v) for k, v in r.items()} for r in issued.values()])
+        for path in examples:
+            patient_id = json.loads(path.read_text(encoding="utf-8"))["context"]["patientId"]
+            assert f'"{patient_id}"' not in stored and f"/{patient_id}" not in stored
+        assert not any(c["summary"] in stored for c in cards)
         return cards, "service"
     # No example requests in the tree yet: issue spec-valid cards through the store API.
     cards = [make_card(f, 2) for f in ("vitd-deficiency", "osteoporosis", "sarcopenia")
