@@ -199,7 +199,9 @@ def _dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
     rule = b.screening_age[facts.gender]
     if not rule.interval.contains_point(age):
         return None
-    if any(facts.all(kind) for kind in b.screening_kinds):
+    # A DXA on record that could not be used (odd unit, no date...) is still a DXA on record:
+    # "no DXA result" would be a guess.
+    if any(facts.all(kind) or facts.unusable.get(kind) for kind in b.screening_kinds):
         return None
     if _any_condition(facts, b.suppress_conditions) or _any_medication(facts, b.suppress_medications):
         return None

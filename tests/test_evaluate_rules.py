@@ -168,6 +168,30 @@ def test_screening_suppressed_by_any_dxa_result(rules):
                      drop=()) == []
 
 
+def test_screening_not_due_when_a_dxa_is_on_record_but_unusable(rules):
+    assert codes(evaluate(facts(age=70), rules), drop=()) == ["dxa-screening-due"]
+    for kind in ("t-score", "z-score", "bmd"):
+        f = facts(age=70)
+        f.unusable[kind] = 1   # e.g. a T-score sent with an unknown unit
+        assert codes(evaluate(f, rules), drop=()) == []
+
+
+def test_screening_not_due_when_normalize_drops_this_patients_dxa(rules):
+    from cds.normalize import normalize
+
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-01-01"}
+    odd = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-10",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "38267-1"}]},
+           "valueQuantity": {"value": -1.2, "unit": "mg", "system": "http://unitsofmeasure.org",
+                             "code": "mg"}}
+    base = normalize([patient], "p1", rules, as_of=AS_OF)
+    assert [f.code for f in evaluate(base, rules)] == ["dxa-screening-due"]
+    with_odd = normalize([patient, odd], "p1", rules, as_of=AS_OF)
+    assert with_odd.unusable.get("t-score") == 1
+    assert evaluate(with_odd, rules) == []
+
+
 # --------------------------------------------------------------------------- sarcopenia
 def test_sex_needed_for_sarcopenia(rules):
     low = [m("grip-strength", 5, laterality="left"), m("appendicular-lean-mass-index", 3)]
