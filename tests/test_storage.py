@@ -404,3 +404,35 @@ def test_plain_install_ships_the_migrations(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "revision 0001" in out.stdout
+
+
+# --------------------------------------------------------------------------- failures
+def test_feedback_when_the_database_fails_is_503_and_retryable(tmp_path):
+    from cds.storage import StorageUnavailable
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}")  # no tables
+    card = make_card("vitd-deficiency")
+    with pytest.raises(StorageUnavailable) as err:
+        store.record_feedback(SERVICE, {"feedback": [overridden(card)]})
+    assert err.value.status == 503
+    assert err.value.body()["issue"][0]["code"] == "transient"
+
+
+def test_unreachable_database_stops_start_up_without_leaking_the_password():
+    from cds import create_app
+    from cds.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        create_app({"require_auth": False,
+                    "database_url": "postgresql+psycopg://mskcds:s3cret-pw@127.0.0.1:1/mskcds"})
+    assert "s3cret-pw" not in str(err.value)
+    assert "127.0.0.1:1" in str(err.value)
+
+
+def test_unsupported_database_url_is_a_config_error():
+    from cds.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        open_store(Config.from_env({"database_url": "mysql://x@localhost/db"}, environ={}))
+    with pytest.raises(ConfigError):
+        open_store(Config.from_env({"database_url": "sqlite://"}, environ={}))
