@@ -112,7 +112,7 @@ class Gunicorn:
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
                "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-               "--timeout", "30", "--preload", "--access-logfile", "/dev/null",
+               "--timeout", "30", "--preload", "--no-control-socket", "--access-logfile", "/dev/null",
                "--error-logfile", "/dev/null", "--log-level", "warning"]
         if pythonpath:
             cmd += ["--pythonpath", pythonpath]

@@ -32,7 +32,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "--worker-class", "gthread", "--threads", str(args.threads),
             "--timeout", "30", "--graceful-timeout", "10",
             "--access-logfile", "-" if args.access_log else "/dev/null",
-            "--preload",
+            "--preload", "--no-control-socket",
             "cds.wsgi:application"]
     print(f"mskcds: serving on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     os.execv(sys.executable, argv)
