@@ -144,10 +144,6 @@ def utcnow() -> datetime:
 
 
 # --------------------------------------------------------------------------- engines
-def _is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def build_engine(url: str) -> Engine:
     """A new engine for this process (SQLite: WAL, busy timeout, BEGIN IMMEDIATE)."""
     parsed = make_url(url)
@@ -184,7 +180,10 @@ def build_engine(url: str) -> Engine:
 
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4,
+        if parsed.get_driver_name() != "psycopg":
+            # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
                              pool_timeout=10)
     raise ConfigError(f"MSKCDS_DATABASE_URL: unsupported database {parsed.get_backend_name()!r} "
                       "(use sqlite:///... or postgresql+psycopg://...)")

@@ -436,3 +436,11 @@ def test_unsupported_database_url_is_a_config_error():
         open_store(Config.from_env({"database_url": "mysql://x@localhost/db"}, environ={}))
     with pytest.raises(ConfigError):
         open_store(Config.from_env({"database_url": "sqlite://"}, environ={}))
+
+
+@pytest.mark.postgres
+def test_plain_postgresql_url_uses_psycopg3(pg_databases):
+    url = pg_databases.create().replace("postgresql+psycopg://", "postgresql://")
+    store = open_store(Config.from_env({"database_url": url}, environ={}))
+    assert store.engine.dialect.driver == "psycopg"
+    assert store.counts() == {"issued_cards": 0, "feedback": 0}
