@@ -183,6 +183,14 @@ class CodingSchema(Schema):
     display = fields.String(validate=NonBlank)
 
 
+class IncomingCodingSchema(CodingSchema):
+    """A Coding a client sends (feedback): FHIR Coding fields we do not use (``version``,
+    ``userSelected``, ``extension``) are ignored, not refused. Our own Codings stay strict."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
 class SourceSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -375,7 +383,7 @@ class OverrideReasonSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    reason = fields.Nested(CodingSchema)
+    reason = fields.Nested(IncomingCodingSchema)
     userComment = fields.String(validate=NonBlank)
 
     @validates_schema

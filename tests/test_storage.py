@@ -185,6 +185,17 @@ def test_feedback_is_stored_with_every_field(db_url):
     assert rows[1]["outcome_timestamp"] == datetime(2026, 1, 5, 9, 0, 0, 123456, tzinfo=timezone.utc)
 
 
+def test_override_reason_coding_with_extra_fhir_fields_is_accepted(db_url):
+    # A FHIR Coding may carry version/userSelected/extension; we store what we use.
+    store = store_for(db_url)
+    card = issue(store, make_card("sarcopenia"))[0]
+    item = overridden(card, code="patient-declined")
+    item["overrideReason"]["reason"].update({"display": "Patient declined", "version": "1",
+                                             "userSelected": True})
+    assert store.record_feedback(SERVICE, {"feedback": [item]}) == 1
+    assert store.feedback_rows()[0]["override_reason_code"] == "patient-declined"
+
+
 def test_same_card_reported_twice_keeps_both_reports(db_url):
     store = store_for(db_url)
     card = issue(store, make_card("sarcopenia"))[0]
