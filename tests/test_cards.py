@@ -95,11 +95,16 @@ def test_suggestions_are_valid_fhir_with_verified_codes(engine, finding):
             get_fhir_model_class(res["resourceType"]).model_validate(res)
             assert res["subject"] == {"reference": f"Patient/{pid}"}
             concept = res.get("code") or res.get("medicationCodeableConcept")
-            for coding in concept["coding"]:
+            for coding in concept.get("coding", []):
                 assert (coding["system"], coding["code"]) in allowed, coding
             if res["resourceType"] == "MedicationRequest":
                 assert (res["status"], res["intent"]) == ("draft", "proposal")
                 assert "50,000 IU" in res["dosageInstruction"][0]["text"]
+                # cholecalciferol, named in text: no RxNorm code could be verified, none invented
+                assert "coding" not in concept
+                assert "cholecalciferol" in concept["text"].lower()
+            else:
+                assert concept["coding"], "orders and problems are always coded"
     if card.get("suggestions"):
         assert card["selectionBehavior"] in ("any", "at-most-one")
 
