@@ -27,6 +27,10 @@ from .config import Config, ConfigError
 from .wire import flatten_errors
 
 
+#: libyaml's safe loader when PyYAML was built with it (about 10x faster start-up), else Python's.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class RulesError(ValueError):
     """A rules file is malformed or inconsistent; the message names the file and field."""
 
@@ -47,7 +51,7 @@ def load_yaml(path: Path, schema: Schema | None = None) -> Any:
     except OSError as exc:
         raise RulesError(path, f"cannot read: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise RulesError(path, f"not valid YAML: {exc}") from None
     if schema is None:
