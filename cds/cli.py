@@ -1,4 +1,4 @@
-"""Command line: ``mskcds serve``, ``mskcds evaluate FILE`` (and more subcommands as they come)."""
+"""mskcds command line: serve, evaluate a request file, make client keys and tokens, manage feedback storage."""
 from __future__ import annotations
 
 import argparse

@@ -53,9 +53,9 @@ class Config:
     # "memory" (per worker process!) or a SQLAlchemy URL shared by all workers/instances
     replay_cache_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'mskcds-replay.sqlite3'}"
     # --- FHIR server fallback ----------------------------------------------
-    fhir_connect_timeout: float = 2.0
-    fhir_read_timeout: float = 5.0
-    fhir_total_budget: float = 8.0
+    fhir_connect_timeout: float = 1.0
+    fhir_read_timeout: float = 3.0
+    fhir_total_budget: float = 4.0
     fhir_max_pages: int = 10
     fhir_max_workers: int = 4
     # --- feedback storage (issue 5) ----------------------------------------
