@@ -360,12 +360,12 @@ class SqlStore:
             self._pid = None
 
     @contextlib.contextmanager
-    def _write(self, **options: Any) -> Iterator[Connection]:
-        """One write transaction (SQLite: BEGIN IMMEDIATE; ``sqlite_synchronous`` option)."""
+    def _transaction(self, **options: Any) -> Iterator[Connection]:
+        """One transaction; a database that is down or stays locked is a 503 (retry later)."""
         try:
             with self.engine.connect() as conn:
                 if options:
-                    conn.execution_options(**options)
+                    conn = conn.execution_options(**options)
                 with conn.begin():
                     yield conn
         except ServiceError:
@@ -375,20 +375,13 @@ class SqlStore:
             raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
                                            "retry later.", code="transient")) from None
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            conn_cm = self.engine.connect()
-            with conn_cm as conn:
-                conn = conn.execution_options(sqlite_begin="DEFERRED")
-                with conn.begin():
-                    yield conn
-        except ServiceError:
-            raise
-        except OperationalError as exc:
-            log.error("database unavailable: %s", exc.__class__.__name__)
-            raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
-                                           "retry later.", code="transient")) from None
+    def _write(self, **options: Any) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE; ``sqlite_synchronous`` option)."""
+        return self._transaction(**options)
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        """A read transaction (SQLite: BEGIN DEFERRED, no write lock)."""
+        return self._transaction(sqlite_begin="DEFERRED")
 
     # ------------------------------------------------------------- hot path
     def record_issued(self, service_id: str, hook: str, hook_instance: str,
