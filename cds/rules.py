@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
-from marshmallow import (EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate,
+from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, validate,
                          validates_schema)
 
 from .config import Config, ConfigError

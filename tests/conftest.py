@@ -102,6 +102,24 @@ def run_server(env: Mapping[str, str], tmp_path: Path, workers: int = 2) -> Iter
 
 
 @pytest.fixture(scope="module")
+def fhir():
+    """A real FHIR test server (tests/fhir_test_server.py) on a free loopback port."""
+    from fhir_test_server import FhirTestServer
+
+    with FhirTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def foreign():
+    """Another FHIR server, at another origin: nothing may ever reach it."""
+    from fhir_test_server import FhirTestServer
+
+    with FhirTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server with authentication off (as `make run`), shared by a test module."""
     tmp = tmp_path_factory.mktemp("server")

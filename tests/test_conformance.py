@@ -29,7 +29,6 @@ validator", not necessarily "must be 400"):
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +42,6 @@ from cds import gather as gather_mod
 from cds import wire
 from cds.config import Config
 from conftest import EXAMPLES, load_json, run_server
-from fhir_test_server import FhirTestServer
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +49,6 @@ SERVICE = "/cds-services/bone-muscle-health"
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def fhir():
-    with FhirTestServer() as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def server(fhir, tmp_path_factory, shared_dir):
     env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_ALLOWED_FHIR_SERVERS": fhir.base_url,

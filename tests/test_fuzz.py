@@ -6,7 +6,6 @@ or a 4xx whose body is an OperationOutcome with at least one issue.
 """
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from typing import Any
@@ -245,17 +244,10 @@ def test_real_server_edges(open_server):
 
 # --------------------------------------------------------------------------- FHIR server answers
 @pytest.fixture(scope="module")
-def fhir_server():
-    from fhir_test_server import FhirTestServer
-    with FhirTestServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def fallback_client(tmp_path_factory, fhir_server):
+def fallback_client(tmp_path_factory, fhir):
     tmp = tmp_path_factory.mktemp("fuzz-fhir")
     app = create_app({"require_auth": False, "database_url": f"sqlite:///{tmp / 'f.sqlite3'}",
-                      "allowed_fhir_servers": fhir_server.base_url, "fhir_total_budget": 3.0})
+                      "allowed_fhir_servers": fhir.base_url, "fhir_total_budget": 3.0})
     return app.test_client()
 
 
@@ -277,16 +269,16 @@ fhir_answers = st.one_of(
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(["Patient", "Observation", "Condition", "MedicationRequest"]),
                        fhir_answers, min_size=4, max_size=4))
-def test_whatever_the_fhir_server_answers_never_500(fallback_client, fhir_server, answers):
+def test_whatever_the_fhir_server_answers_never_500(fallback_client, fhir, answers):
     def answer(path, query):
         rtype = path.split("/fhir/", 1)[-1].split("/", 1)[0]
         status, body = answers.get(rtype, (404, b"{}"))
         headers = {"Location": "http://127.0.0.1:9/elsewhere"} if status in (301, 302) else {}
         return status, headers, body
 
-    fhir_server.reset()
-    fhir_server.override = answer
-    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": fhir_server.base_url,
+    fhir.reset()
+    fhir.override = answer
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": fhir.base_url,
             "context": {"userId": "Practitioner/fz", "patientId": PATIENT}, "prefetch": {}}
     r = fallback_client.post(SERVICE, data=json.dumps(body), content_type="application/json")
     check_answer(r.status_code, r.get_json())

@@ -15,7 +15,7 @@ import pytest
 from cds.config import Config
 from cds.errors import PrefetchUnavailable
 from cds.gather import Unavailable, bundle_resources, gather, make_session, render, within_base
-from fhir_test_server import FhirTestServer, outcome, searchset
+from fhir_test_server import outcome, searchset
 
 TOKEN = "tok-" + uuid.uuid4().hex
 LOINC = "http://loinc.org"
@@ -64,19 +64,6 @@ def request(prefetch: dict[str, Any] | None = None, fhir_server: str | None = No
 def full_prefetch(pid: str = "p1") -> dict[str, Any]:
     return {"patient": patient(pid), "observations": searchset([obs("o1", pid)]),
             "conditions": searchset([]), "medications": None}
-
-
-@pytest.fixture(scope="module")
-def fhir():
-    with FhirTestServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def foreign():
-    """Another origin: nothing may ever reach it."""
-    with FhirTestServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

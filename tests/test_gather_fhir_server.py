@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 
-from fhir_test_server import FhirTestServer
 
 LOINC = "http://loinc.org"
 
@@ -18,12 +17,6 @@ def obs(oid: str, code: str, day: int, pid: str = "p1", system: str = LOINC) -> 
     return {"resourceType": "Observation", "id": oid, "subject": {"reference": f"Patient/{pid}"},
             "code": {"coding": [{"system": system, "code": code}]},
             "effectiveDateTime": f"2024-02-{day:02d}"}
-
-
-@pytest.fixture(scope="module")
-def fhir():
-    with FhirTestServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

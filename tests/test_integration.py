@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import run_server
-from fhir_test_server import FhirTestServer, outcome, searchset
+from fhir_test_server import outcome, searchset
 
 pytestmark = pytest.mark.slow
 
@@ -19,18 +19,6 @@ SERVICE = "/cds-services/bone-muscle-health"
 TOKEN = "fhir-token-" + uuid.uuid4().hex
 PATIENT_ID = "itest-" + uuid.uuid4().hex[:8]
 BUDGET = 1.5
-
-
-@pytest.fixture(scope="module")
-def fhir():
-    with FhirTestServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def foreign():
-    with FhirTestServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
