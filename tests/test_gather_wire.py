@@ -92,3 +92,40 @@ def test_empty_values_never_leave():
             "uuid": str(uuid.uuid4()), "detail": ""}
     with pytest.raises(wire.WireError):
         wire.check_card(card)
+
+
+def test_envelope_only_check_still_guards_the_envelope():
+    """check_response(cards_checked=True) skips re-validating cards (build_cards checked each
+    one) but not the envelope around them."""
+    card = {"uuid": str(uuid.uuid4()), "summary": "s", "indicator": "info", "source": {"label": "l"}}
+    wire.check_response({"cards": [card]}, cards_checked=True)
+    wire.check_response({"cards": []}, cards_checked=True)
+    for bad in ({"cards": [card], "unexpected": 1}, {"cards": [card], "systemActions": []},
+                {"cards": "not a list"}):
+        with pytest.raises(wire.WireError):
+            wire.check_response(bad, cards_checked=True)
+
+
+def test_engine_checks_every_card_it_builds(monkeypatch):
+    """With the response check reduced to the envelope, each card must go through
+    wire.check_card exactly once on its way out (in cards.build_card)."""
+    import json
+    from pathlib import Path
+
+    from cds import cards as cards_mod
+    from cds.config import Config
+    from cds.engine import Engine
+
+    example = (Path(__file__).resolve().parent.parent / "fhir_examples"
+               / "osteosarcopenia.request.json")
+    engine = Engine(Config.from_env({"require_auth": False}, environ={}))
+    checked: list[str] = []
+    real = wire.check_card
+
+    def recording(card):
+        real(card)
+        checked.append(card["uuid"])
+
+    monkeypatch.setattr(cards_mod.wire, "check_card", recording)
+    cards = engine.call("bone-muscle-health", json.loads(example.read_text())).response["cards"]
+    assert cards and sorted(checked) == sorted(c["uuid"] for c in cards)
