@@ -137,7 +137,10 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
     z_scores = [m for m in _usable(facts, "z-score") if m.site in sites]
     if not t_scores and not z_scores:
         return None
-    dxa_day = max(m.day for m in t_scores + z_scores)          # the most recent DXA date
+    # The most recent DXA date: a later scan at a central site that sent only BMD (no T- or
+    # Z-score) is still the latest scan, so an older scan's scores are not read as current.
+    bmd = [m for m in _usable(facts, "bmd") if m.site in sites]
+    dxa_day = max(m.day for m in t_scores + z_scores + bmd)
     age = _age_on(facts.birth_date, dxa_day)
     flags: set[str] = set()
     if (facts.as_of - dxa_day).days > b.repeat_dxa_after_days:
@@ -146,7 +149,7 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
         flags.add("on-therapy")
     if _any_condition(facts, b.fracture_conditions):
         flags.add("fragility-fracture")
-    bmd_same_day = [m for m in _usable(facts, "bmd") if m.day == dxa_day and m.site in sites]
+    bmd_same_day = [m for m in bmd if m.day == dxa_day]
     adult = age >= b.t_score_min_age
     age_rule = Interval(float(b.t_score_min_age), True, None, False) if adult else \
         Interval(None, False, float(b.t_score_min_age), False)

@@ -1,0 +1,65 @@
+"""Clinical-safety review: paths where a card was built on a guess (each test failed before
+its fix). Facts are built directly, or through normalize from real FHIR JSON where the
+defect sits between the two."""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from cds.config import Config
+from cds.evaluate import evaluate
+from cds.facts import MedicationFact, Measurement, PatientFacts
+from cds.normalize import normalize
+from cds.rules import load_rules
+
+AS_OF = date(2026, 11, 22)
+CANONICAL = {"vitamin-d-25oh": "ng/mL", "t-score": "{T-score}", "z-score": "{Z-score}",
+             "bmd": "g/cm2", "appendicular-lean-mass": "kg", "appendicular-lean-mass-index": "kg/m2",
+             "grip-strength": "kg", "gait-speed": "m/s", "body-height": "m"}
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(Config())
+
+
+def m(kind, value, days_ago=10, hour=0, **kw):
+    when = datetime.combine(AS_OF - timedelta(days=days_ago), datetime.min.time(),
+                            timezone.utc) + timedelta(hours=hour)
+    unit = kw.pop("unit", CANONICAL[kind])
+    return Measurement(kind=kind, value=float(value), unit=unit, when=when, code=f"test|{kind}",
+                       display=kind, original_value=float(value), original_unit=unit, **kw)
+
+
+def facts(*measurements, gender="female", age=70, medications=(), unusable=None):
+    by_kind: dict[str, list[Measurement]] = {}
+    for x in sorted(measurements, key=lambda x: x.when, reverse=True):
+        by_kind.setdefault(x.kind, []).append(x)
+    meds: dict[str, list[MedicationFact]] = {}
+    for med in medications:
+        meds.setdefault(med.category, []).append(med)
+    return PatientFacts(patient_id="p1", as_of=AS_OF, gender=gender,
+                        birth_date=date(AS_OF.year - age, 1, 1), measurements=by_kind,
+                        medications=meds, unusable=dict(unusable or {}))
+
+
+def codes(findings):
+    return [f.code for f in findings if f.code != "dxa-screening-due"]
+
+
+# --------------------------------------------------------------------------- DXA dates
+def test_newer_dxa_without_t_scores_is_not_replaced_by_an_older_scans_t_score(rules):
+    """The most recent DXA date (BMD only, no T-score sent) decides: the T-score of a scan six
+    years older is not read as if it were the latest one (with a 'DXA is old' note)."""
+    old_t = m("t-score", -3.0, days_ago=2200, site="lumbar-spine")
+    new_bmd = m("bmd", 0.95, days_ago=30, site="lumbar-spine")
+    assert codes(evaluate(facts(old_t), rules)) == ["osteoporosis"]        # the old scan alone
+    assert codes(evaluate(facts(old_t, new_bmd), rules)) == []
+
+
+def test_bmd_on_the_same_date_as_the_t_scores_still_diagnoses(rules):
+    day = [m("t-score", -2.7, days_ago=30, site="total-hip"),
+           m("bmd", 0.6, days_ago=30, hour=1, site="total-hip")]
+    (f,) = [x for x in evaluate(facts(*day), rules) if x.code != "dxa-screening-due"]
+    assert f.code == "osteoporosis" and "dxa-old" not in f.variables["flags"]
