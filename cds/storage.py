@@ -283,7 +283,7 @@ def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
         if not wire.RFC3339.match(text_value):
             raise ValueError("not RFC 3339")
         return datetime.fromisoformat(text_value.replace("z", "Z")).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31 (+1 day), 0001-01-01T00:00+01:00
         raise BadRequest(Issue(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 "
                                "date-time with a time zone", expression=name)) from None
 

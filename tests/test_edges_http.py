@@ -1,0 +1,64 @@
+"""Edges of the service found in review, each through a real gunicorn server over HTTP.
+
+Every case here once produced a 500, a misleading status or a stored value the
+database could not hold; each answer must now be a 4xx OperationOutcome naming
+the problem, and the server must keep serving good requests afterwards.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from conftest import EXAMPLES, run_server
+
+SERVICE = "/cds-services/bone-muscle-health"
+FEEDBACK = SERVICE + "/feedback"
+SUMMARY = "/admin/feedback-summary"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_ADMIN_SUMMARY_ENABLED": "true",
+           "MSKCDS_MAX_BODY_BYTES": str(64 * 1024)}
+    with run_server(env, tmp_path_factory.mktemp("edges"), workers=2) as srv:
+        yield srv
+
+
+def example_request() -> dict[str, Any]:
+    body = json.loads((EXAMPLES / "low-bone-mass.request.json").read_text(encoding="utf-8"))
+    body["hookInstance"] = str(uuid.uuid4())
+    return body
+
+
+def assert_outcome(resp: requests.Response, status: int, expression: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text[:500]
+    assert resp.headers["Content-Type"].startswith("application/json")
+    body = resp.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"], body
+    if expression is not None:
+        assert [expression] in [i.get("expression") for i in body["issue"]], body
+    return body
+
+
+def assert_still_serving(server) -> dict:
+    r = requests.post(server.url(SERVICE), json=example_request(), timeout=30)
+    assert r.status_code == 200, r.text[:500]
+    assert r.json()["cards"], "the example request should produce a card"
+    return r.json()
+
+
+# --------------------------------------------------------------------------- report dates
+@pytest.mark.parametrize("params, expression", [
+    ({"to": "9999-12-31"}, "to"),                       # the whole day ends past year 9999
+    ({"from": "0001-01-01T00:00:00+01:00"}, "from"),    # before year 1 in UTC
+    ({"to": "9999-12-31T23:00:00-05:00"}, "to"),        # after year 9999 in UTC
+])
+def test_report_dates_out_of_range_are_400_not_500(server, params, expression):
+    r = requests.get(server.url(SUMMARY), params=params, timeout=10)
+    assert_outcome(r, 400, expression)
+    assert requests.get(server.url(SUMMARY), timeout=10).status_code == 200
