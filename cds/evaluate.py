@@ -89,24 +89,19 @@ def _finding(rules: Rules, code: str, *, evidence: Iterable[Measurement], flags:
 # =========================================================================== vitamin D
 def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
     vd = rules.vitamin_d
-    m = _latest(facts, vd.kind)
-    if m is None or (facts.as_of - m.day).days > vd.max_age_days:
+    values = _usable(facts, vd.kind)
+    if not values:
         return None
-    chosen = None
-    for band in vd.bands:
-        relation = band.criterion.interval.relation(m.value, m.comparator)
-        if relation == "inside":
-            chosen = band
-            break
-        if relation == "unknown":   # e.g. "<25": deficient or insufficient? never guess
-            return None
-    if chosen is None:
+    m = values[0]
+    if (facts.as_of - m.day).days > vd.max_age_days:
         return None
-    grade = None
-    for g in chosen.grades:
-        if g.criterion.interval.relation(m.value, m.comparator) == "inside":
-            grade = g
-            break
+    # Several results on the latest day (a repeat, a D3-only and a total result...) that
+    # classify differently leave the status unknown: no card on whichever was listed first.
+    if len({_vitamin_d_class(vd, x) for x in values if x.day == m.day}) > 1:
+        return None
+    chosen, grade = _vitamin_d_class(vd, m)
+    if chosen is None or chosen == "unknown":
+        return None
     flags: set[str] = set()
     criteria = [_criterion(vd.kind, chosen.criterion, vd.unit, chosen.status)]
     citations = [vd.citation, chosen.criterion.citation]
@@ -125,6 +120,21 @@ def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
                     facts=facts, key=m, date=m.day, status=chosen.status, profile=vd.label,
                     grade=grade.name if grade else None, criteria=tuple(criteria),
                     regimen=chosen.regimen)
+
+
+def _vitamin_d_class(vd: Any, m: Measurement) -> tuple[Any, Any]:
+    """(band, grade) the value lies in; (None, None) in no band; ("unknown", None) when a
+    comparator value may lie in more than one band (e.g. "<25": deficient or insufficient?)."""
+    for band in vd.bands:
+        relation = band.criterion.interval.relation(m.value, m.comparator)
+        if relation == "unknown":
+            return "unknown", None
+        if relation == "inside":
+            for g in band.grades:
+                if g.criterion.interval.relation(m.value, m.comparator) == "inside":
+                    return band, g
+            return band, None
+    return None, None
 
 
 # =========================================================================== bone

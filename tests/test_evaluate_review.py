@@ -63,3 +63,21 @@ def test_bmd_on_the_same_date_as_the_t_scores_still_diagnoses(rules):
            m("bmd", 0.6, days_ago=30, hour=1, site="total-hip")]
     (f,) = [x for x in evaluate(facts(*day), rules) if x.code != "dxa-screening-due"]
     assert f.code == "osteoporosis" and "dxa-old" not in f.variables["flags"]
+
+
+# --------------------------------------------------------------------------- vitamin D
+@pytest.mark.parametrize("first,second", [(9, 45), (45, 9), (15, 25), (25, 15)])
+def test_conflicting_vitamin_d_results_on_one_day_make_no_card(rules, first, second):
+    """Two 25(OH)D results on the same day that classify differently (e.g. a D3-fraction and a
+    total result, or a repeat) leave the status unknown: no card on whichever came first."""
+    same_day = [m("vitamin-d-25oh", first, days_ago=20), m("vitamin-d-25oh", second, days_ago=20)]
+    assert codes(evaluate(facts(*same_day), rules)) == []
+
+
+def test_agreeing_vitamin_d_results_on_one_day_still_make_the_card(rules):
+    same_day = [m("vitamin-d-25oh", 14, days_ago=20), m("vitamin-d-25oh", 16, days_ago=20, hour=2)]
+    (f,) = codes(evaluate(facts(*same_day), rules))
+    assert f == "vitamin-d-deficiency"
+    # the older day's conflicting value does not matter: only the latest day is read
+    older = m("vitamin-d-25oh", 45, days_ago=40)
+    assert codes(evaluate(facts(older, *same_day), rules)) == ["vitamin-d-deficiency"]
