@@ -64,6 +64,13 @@ def _any_medication(facts: PatientFacts, categories: Iterable[str]) -> bool:
     return any(facts.has_medication(c) for c in categories)
 
 
+def _taking(facts: PatientFacts, categories: Iterable[str]) -> bool:
+    """A medication the patient may be taking now: status current (rules/data_quality.yaml) or
+    not stated. A completed or stopped course is history, not a reason to withhold a new one."""
+    return any(med.current or med.status is None
+               for c in categories for med in facts.medications.get(c, ()))
+
+
 def _criterion(what: str, criterion: Criterion, unit: str, result: str) -> dict[str, Any]:
     return {"what": what, "criterion": criterion, "unit": unit, "result": result}
 
@@ -113,7 +120,7 @@ def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
         citations.append(vd.kidney_citation.citation)
         criteria.append({"what": "kidney-failure", "criterion": vd.kidney_citation, "unit": "",
                          "result": "kidney-failure"})
-    if _any_medication(facts, vd.supplement_medications):
+    if _taking(facts, vd.supplement_medications):
         flags.add("on-vitamin-d")
     return _finding(rules, chosen.finding, evidence=[m], flags=flags, citations=citations,
                     indicator=grade.indicator if grade and grade.indicator else None,

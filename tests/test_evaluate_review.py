@@ -81,3 +81,21 @@ def test_agreeing_vitamin_d_results_on_one_day_still_make_the_card(rules):
     # the older day's conflicting value does not matter: only the latest day is read
     older = m("vitamin-d-25oh", 45, days_ago=40)
     assert codes(evaluate(facts(older, *same_day), rules)) == ["vitamin-d-deficiency"]
+
+
+def _vitamin_d_med(status, current):
+    return MedicationFact(category="vitamin-d", code="text|cholecalciferol", display="cholecalciferol",
+                          status=status, current=current)
+
+
+@pytest.mark.parametrize("status,current,draft_offered", [
+    ("active", True, False),        # taking it now: no second prescription
+    ("completed", False, True),     # a finished course: deficient again, a new course is offered
+    ("stopped", False, True),
+])
+def test_only_a_current_vitamin_d_supplement_suppresses_the_treatment_draft(rules, status, current,
+                                                                            draft_offered):
+    f = facts(m("vitamin-d-25oh", 9), medications=[_vitamin_d_med(status, current)])
+    (finding,) = [x for x in evaluate(f, rules) if x.code == "vitamin-d-deficiency"]
+    assert ("draft-vitamin-d-course" in finding.suggestions) is draft_offered
+    assert ("on-vitamin-d" in finding.variables["flags"]) is not draft_offered
