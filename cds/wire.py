@@ -8,6 +8,7 @@ into one OperationOutcome issue per problem, each naming its field.
 from __future__ import annotations
 
 import re
+from datetime import timezone
 from typing import Any, Iterable, Mapping
 
 from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields,
@@ -378,14 +379,20 @@ class Rfc3339DateTime(fields.AwareDateTime):
     """An RFC 3339 date-time string (stricter than ISO 8601 parsing) → aware datetime."""
 
     default_error_messages = {"rfc3339": "must be an RFC 3339 date-time with a time zone, "
-                                         "e.g. 2021-12-11T10:05:31Z"}
+                                         "e.g. 2021-12-11T10:05:31Z",
+                              "range": "must fall within the years 0001-9999 in UTC"}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, str) or not RFC3339.match(value):
             raise self.make_error("rfc3339")
         # Python parses at most microseconds: trim extra fraction digits first.
         value = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("z", "Z").replace("t", "T")
-        return super()._deserialize(value, attr, data, **kwargs)
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:  # 0001-01-01T00:00:00+01:00 parses, but has no UTC equivalent (stored as UTC)
+            moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise self.make_error("range") from None
+        return moment
 
 
 class OverrideReasonSchema(Schema):

@@ -62,3 +62,21 @@ def test_report_dates_out_of_range_are_400_not_500(server, params, expression):
     r = requests.get(server.url(SUMMARY), params=params, timeout=10)
     assert_outcome(r, 400, expression)
     assert requests.get(server.url(SUMMARY), timeout=10).status_code == 200
+
+
+# --------------------------------------------------------------------------- feedback
+def issued_card(server) -> dict[str, Any]:
+    cards = [c for c in assert_still_serving(server)["cards"] if c.get("suggestions")]
+    assert cards, "the example request should produce a card with suggestions"
+    return cards[0]
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_feedback_timestamp_without_a_utc_equivalent_is_400_not_500(server, stamp):
+    card = issued_card(server)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": stamp}
+    r = requests.post(server.url(FEEDBACK), json={"feedback": [item]}, timeout=10)
+    assert_outcome(r, 400, "feedback[0].outcomeTimestamp")
+    item["outcomeTimestamp"] = "2026-01-02T03:04:05Z"
+    r = requests.post(server.url(FEEDBACK), json={"feedback": [item]}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
