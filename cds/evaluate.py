@@ -17,6 +17,7 @@ from .rules import Criterion, Interval, Rules
 
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 LOW, NORMAL, UNKNOWN, ABSENT = "low", "normal", "unknown", "absent"
+_MASS_KINDS = ("appendicular-lean-mass", "appendicular-lean-mass-index")
 
 
 def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
@@ -253,6 +254,12 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     grip_state, grips = _grip(facts, grip_crit)
     masses = [_mass(facts, measure, cut.for_sex(sex)) for measure, cut in s.mass]
     mass_state = _combine_mass(masses)
+    # "Measured but unusable" (odd unit, no date...) is not "not measured": it may have been
+    # normal, so it is unknown (no low-muscle-mass card saying strength was never measured).
+    if grip_state == ABSENT and facts.unusable.get("grip-strength"):
+        grip_state = UNKNOWN
+    if mass_state == ABSENT and any(facts.unusable.get(k) for k in _MASS_KINDS):
+        mass_state = UNKNOWN
     gait_crit = s.gait.for_sex(sex)
     gait = _latest(facts, "gait-speed")
     gait_state = ABSENT if gait is None else _state(gait_crit, gait.value, gait.comparator)

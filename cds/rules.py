@@ -97,7 +97,7 @@ FLAGS: tuple[str, ...] = (
     "on-therapy",           # osteoporosis therapy on record
     "dxa-old",              # bone finding and the last DXA is older than the repeat interval
     "fragility-fracture",   # a fragility fracture on record
-    "mass-indeterminate",   # muscle mass measured but not classifiable (comparator)
+    "mass-indeterminate",   # muscle mass measured but not classifiable (comparator, unusable)
     "gait-not-measured",    # sarcopenia confirmed, gait speed not on record
 )
 MASS_MEASURES = ("asm", "asm-index", "alm-bmi")

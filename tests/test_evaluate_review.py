@@ -99,3 +99,35 @@ def test_only_a_current_vitamin_d_supplement_suppresses_the_treatment_draft(rule
     (finding,) = [x for x in evaluate(f, rules) if x.code == "vitamin-d-deficiency"]
     assert ("draft-vitamin-d-course" in finding.suggestions) is draft_offered
     assert ("on-vitamin-d" in finding.variables["flags"]) is not draft_offered
+
+
+# --------------------------------------------------------------------------- sarcopenia
+def test_low_mass_with_an_unreadable_grip_result_is_not_called_strength_not_measured(rules):
+    low_mass = m("appendicular-lean-mass", 12)
+    assert codes(evaluate(facts(low_mass), rules)) == ["low-muscle-mass"]
+    # grip WAS measured (e.g. sent in a unit the service cannot read): it may have been normal,
+    # which would mean no card at all; "grip strength not measured" would be false
+    assert codes(evaluate(facts(low_mass, unusable={"grip-strength": 1}), rules)) == []
+
+
+def test_low_grip_with_an_unreadable_mass_result_says_mass_is_indeterminate(rules):
+    grip = m("grip-strength", 10, laterality="left")
+    (f,) = [x for x in evaluate(facts(grip, unusable={"appendicular-lean-mass": 1}), rules)
+            if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+
+
+def test_unreadable_grip_through_normalize(rules):
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-01-01"}
+
+    def obs(oid, system, code, value, unit):
+        return {"resourceType": "Observation", "id": oid, "status": "final",
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-11-01",
+                "code": {"coding": [{"system": system, "code": code}]},
+                "valueQuantity": {"value": value, "unit": unit, "code": unit,
+                                  "system": "http://unitsofmeasure.org"}}
+    asm = obs("o1", "urn:mskcds", "appendicular-lean-mass", 12, "kg")
+    grip_mg = obs("o2", "http://loinc.org", "83174-3", 30, "mg")      # not a force unit
+    f = normalize([patient, asm, grip_mg], "p1", rules, as_of=AS_OF)
+    assert f.unusable.get("grip-strength") == 1
+    assert codes(evaluate(f, rules)) == []
