@@ -55,7 +55,9 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     cfg = config if isinstance(config, Config) else Config.from_env(config)
     logs.configure(cfg.log_level)
     app = Flask("mskcds")
-    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    # One byte over the limit: werkzeug stops a body without Content-Length (chunked) at
+    # MAX_CONTENT_LENGTH *silently*; reading limit+1 bytes lets read_json see it is too big.
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = Engine(cfg)

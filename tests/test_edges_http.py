@@ -80,3 +80,41 @@ def test_feedback_timestamp_without_a_utc_equivalent_is_400_not_500(server, stam
     item["outcomeTimestamp"] = "2026-01-02T03:04:05Z"
     r = requests.post(server.url(FEEDBACK), json={"feedback": [item]}, timeout=10)
     assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
+
+
+# --------------------------------------------------------------------------- request bodies
+def chunks(data: bytes, size: int = 8192):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    """No Content-Length (Transfer-Encoding: chunked): the limit must still say 413, not
+    400 on a body cut off at the limit (valid JSON, 100 KiB over a 64 KiB limit)."""
+    body = example_request()
+    body["extension"] = {"pad": "x" * 100_000}
+    r = requests.post(server.url(SERVICE), data=chunks(json.dumps(body).encode()),
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.request.headers.get("Transfer-Encoding") == "chunked"
+    assert_outcome(r, 413)
+    small = example_request()  # a chunked body under the limit is read whole
+    r = requests.post(server.url(SERVICE), data=chunks(json.dumps(small).encode(), 1000),
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and r.json()["cards"], r.text[:300]
+    assert_still_serving(server)
+
+
+def test_body_of_exactly_the_limit_is_read(server):
+    body = example_request()
+    raw = json.dumps(body).encode()
+    body["extension"] = {"pad": "x" * (64 * 1024 - len(raw) - len(',"extension":{"pad":""}'))}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    raw = raw + b" " * (64 * 1024 - len(raw))
+    assert len(raw) == 64 * 1024
+    for data in (raw, chunks(raw)):
+        r = requests.post(server.url(SERVICE), data=data,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 200, r.text[:300]
+    r = requests.post(server.url(SERVICE), data=raw + b" ",
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert_outcome(r, 413)
