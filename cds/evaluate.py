@@ -48,6 +48,13 @@ def _usable(facts: PatientFacts, kind: str) -> list[Measurement]:
     return values
 
 
+def _future(facts: PatientFacts, kind: str, sites: Iterable[str] | None = None) -> bool:
+    """A result of ``kind`` dated after "today" is on record (normalize keeps up to a day of
+    clock skew). It is not read, but it is the newest result: reading an older one in its
+    place would be a guess, so the caller treats the kind as unknown."""
+    return any(m.day > facts.as_of and (sites is None or m.site in sites) for m in facts.all(kind))
+
+
 def _latest(facts: PatientFacts, kind: str) -> Measurement | None:
     values = _usable(facts, kind)
     return values[0] if values else None
@@ -98,7 +105,7 @@ def _finding(rules: Rules, code: str, *, evidence: Iterable[Measurement], flags:
 def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
     vd = rules.vitamin_d
     values = _usable(facts, vd.kind)
-    if not values:
+    if not values or _future(facts, vd.kind):
         return None
     m = values[0]
     if (facts.as_of - m.day).days > vd.max_age_days:
@@ -151,6 +158,8 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
     if facts.birth_date is None:
         return None   # age decides T- vs Z-score: unknown age, no bone finding
     sites = set(b.diagnostic_sites)
+    if any(_future(facts, kind, sites) for kind in ("t-score", "z-score", "bmd")):
+        return None   # a scan dated after today is the most recent DXA: not read, no guess
     t_scores = [m for m in _usable(facts, "t-score") if m.site in sites]
     z_scores = [m for m in _usable(facts, "z-score") if m.site in sites]
     if not t_scores and not z_scores:
@@ -263,6 +272,12 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     gait_crit = s.gait.for_sex(sex)
     gait = _latest(facts, "gait-speed")
     gait_state = ABSENT if gait is None else _state(gait_crit, gait.value, gait.comparator)
+    if _future(facts, "grip-strength"):
+        grip_state = UNKNOWN
+    if any(_future(facts, k) for k in _MASS_KINDS):
+        mass_state = UNKNOWN
+    if _future(facts, "gait-speed"):
+        gait, gait_state = None, UNKNOWN
 
     flags: set[str] = set()
     if grip_state == ABSENT and mass_state == LOW:

@@ -131,3 +131,51 @@ def test_unreadable_grip_through_normalize(rules):
     f = normalize([patient, asm, grip_mg], "p1", rules, as_of=AS_OF)
     assert f.unusable.get("grip-strength") == 1
     assert codes(evaluate(f, rules)) == []
+
+
+# --------------------------------------------------------------------------- future dates
+# normalize keeps a result dated up to one day after "today" (clock skew); evaluate does not
+# read it. It is still the newest result: the older one is not read in its place.
+def test_a_newer_future_dated_vitamin_d_result_is_not_replaced_by_an_older_one(rules):
+    older_low = m("vitamin-d-25oh", 9, days_ago=20)
+    assert codes(evaluate(facts(older_low), rules)) == ["vitamin-d-deficiency"]
+    assert codes(evaluate(facts(older_low, m("vitamin-d-25oh", 40, days_ago=-1)), rules)) == []
+
+
+def test_a_future_dated_dxa_is_not_replaced_by_an_older_scan(rules):
+    older = m("t-score", -3.0, days_ago=20, site="lumbar-spine")
+    assert codes(evaluate(facts(older), rules)) == ["osteoporosis"]
+    newer = m("t-score", 0.5, days_ago=-1, site="lumbar-spine")
+    assert codes(evaluate(facts(older, newer), rules)) == []
+
+
+def test_a_future_dated_grip_is_not_called_not_measured(rules):
+    low_mass = m("appendicular-lean-mass", 12)
+    assert codes(evaluate(facts(low_mass, m("grip-strength", 30, days_ago=-1)), rules)) == []
+
+
+def test_a_future_dated_gait_speed_does_not_leave_an_older_slow_one_grading_severity(rules):
+    base = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12)]
+    slow = m("gait-speed", 0.5, days_ago=30)
+    assert codes(evaluate(facts(*base, slow), rules)) == ["sarcopenia-severe"]
+    (f,) = [x for x in evaluate(facts(*base, slow, m("gait-speed", 1.2, days_ago=-1)), rules)
+            if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-confirmed" and f.variables["gait"] is None
+    assert "gait-not-measured" not in f.variables["flags"]
+
+
+def test_future_dated_results_through_normalize(rules):
+    """Dated tomorrow (inside normalize's one-day tolerance): kept by normalize, and the older
+    deficient 25(OH)D makes no card."""
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-01-01"}
+
+    def vd(oid, value, day):
+        return {"resourceType": "Observation", "id": oid, "status": "final",
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": day,
+                "code": {"coding": [{"system": "http://loinc.org", "code": "62292-8"}]},
+                "valueQuantity": {"value": value, "unit": "ng/mL", "code": "ng/mL",
+                                  "system": "http://unitsofmeasure.org"}}
+    f = normalize([patient, vd("o1", 9, "2026-11-01"), vd("o2", 40, "2026-11-23")], "p1", rules,
+                  as_of=AS_OF)
+    assert len(f.all("vitamin-d-25oh")) == 2
+    assert codes(evaluate(f, rules)) == []
