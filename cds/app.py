@@ -80,6 +80,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
             raise UnsupportedMediaType(Issue(
                 f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}.",
                 code="not-supported"))
+        coding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+        if coding not in ("", "identity"):
+            # RFC 9110 15.5.16: an unsupported content coding is 415 (not a 400 on the bytes).
+            raise UnsupportedMediaType(Issue(
+                f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed.",
+                code="not-supported"), headers={"Accept-Encoding": "identity"})
         length = request.content_length
         if length is not None and length > cfg.max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than {cfg.max_body_bytes} bytes.")

@@ -118,3 +118,24 @@ def test_body_of_exactly_the_limit_is_read(server):
     r = requests.post(server.url(SERVICE), data=raw + b" ",
                       headers={"Content-Type": "application/json"}, timeout=30)
     assert_outcome(r, 413)
+
+
+@pytest.mark.parametrize("path", [SERVICE, FEEDBACK])
+def test_compressed_body_is_415_naming_content_encoding(server, path):
+    import gzip
+
+    raw = gzip.compress(json.dumps(example_request()).encode())
+    r = requests.post(server.url(path), data=raw, timeout=10,
+                      headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    body = assert_outcome(r, 415)
+    assert "Content-Encoding" in body["issue"][0]["diagnostics"]
+    assert r.headers.get("Accept-Encoding") == "identity"
+    r = requests.post(server.url(SERVICE), data=json.dumps(example_request()), timeout=30,
+                      headers={"Content-Type": "application/json", "Content-Encoding": "identity"})
+    assert r.status_code == 200, r.text[:300]
+
+
+def test_charset_parameter_and_query_string_are_accepted(server):
+    r = requests.post(server.url(SERVICE + "?via=test"), data=json.dumps(example_request()),
+                      headers={"Content-Type": "application/json; charset=utf-8"}, timeout=30)
+    assert r.status_code == 200 and r.json()["cards"], r.text[:300]
