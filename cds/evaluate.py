@@ -168,6 +168,8 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
     # Z-score) is still the latest scan, so an older scan's scores are not read as current.
     bmd = [m for m in _usable(facts, "bmd") if m.site in sites]
     dxa_day = max(m.day for m in t_scores + z_scores + bmd)
+    if dxa_day < facts.birth_date:
+        return None   # a scan dated before birth: the date or the birthDate is wrong, no guess
     age = _age_on(facts.birth_date, dxa_day)
     flags: set[str] = set()
     if (facts.as_of - dxa_day).days > b.repeat_dxa_after_days:

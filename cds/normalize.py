@@ -139,7 +139,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
             elif rtype == "Patient":
                 if patient_seen and rid == patient_id:
                     continue
-                _patient(res, patient_id, facts)
+                _patient(res, patient_id, facts, term)
                 patient_seen = True
             elif rtype == "Condition":
                 for c in _condition(res, patient_id, term):
@@ -366,13 +366,25 @@ def _date_of(value: Any) -> date | None:
 
 
 # --------------------------------------------------------------------------- Patient
-def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts) -> None:
+def _years(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts,
+             term: Terminology) -> None:
     if res.get("id") != patient_id:
         raise _Drop("not the patient in context")
     _validate(res, "Patient")
     gender = res.get("gender")
     facts.gender = gender if gender in ("male", "female") else None
     span = parse_date_range(res.get("birthDate"))
+    if span is not None and span[1] > facts.as_of:
+        facts.excluded.append("Patient: birthDate after today (not used)")
+        span = None
+    elif span is not None and term.max_age_years is not None and \
+            _years(span[0], facts.as_of) > term.max_age_years:
+        facts.excluded.append("Patient: birthDate gives an implausible age (not used)")
+        span = None
     facts.birth_date_range = span
     facts.birth_date = span[0] if span and span[0] == span[1] else None
 

@@ -184,8 +184,14 @@ class MedicationQualitySchema(_Strict):
     current_status = fields.List(fields.String(), required=True)
 
 
+class PatientQualitySchema(_Strict):
+    max_age_years = fields.Integer(required=True, strict=True, validate=validate.Range(min=100, max=150))
+    why = fields.String(required=True, validate=validate.Length(min=10))
+
+
 class DataQualitySchema(_Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
+    patient = fields.Nested(PatientQualitySchema)
     observations = fields.Nested(ObservationQualitySchema, required=True)
     plausible = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(BoundsSchema),
                             required=True)
@@ -269,6 +275,7 @@ class Terminology:
     orderables: Mapping[str, Mapping[str, str]]
     kind_titles: Mapping[str, str]
     ucum_system: str = "http://unitsofmeasure.org"
+    max_age_years: int | None = None   # data_quality.yaml patient.max_age_years: older = entry error
     _prefetch: Mapping[str, str] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- lookups
@@ -439,5 +446,6 @@ def load_terminology(rules_dir: Path) -> Terminology:
         orderables=MappingProxyType(orderables),
         kind_titles=MappingProxyType({k: v["title"] for k, v in vs["observations"].items()}),
         ucum_system=un["ucum_system"],
+        max_age_years=(dq.get("patient") or {}).get("max_age_years"),
         _prefetch=MappingProxyType(_build_prefetch(list(observation_codes))),
     )
