@@ -244,6 +244,10 @@ class Authenticator:
         if isinstance(exp, bool) or not isinstance(exp, (int, float)) \
                 or isinstance(iat, bool) or not isinstance(iat, (int, float)):
             raise Unauthorized(f"iss {_show(iss)}: exp and iat must be numbers")
+        try:  # a 400-digit integer is valid JSON, but no time (float() overflows: was a 500)
+            exp, iat = float(exp), float(iat)
+        except OverflowError:
+            raise Unauthorized(f"iss {_show(iss)}: exp or iat is out of range") from None
         if exp <= now - leeway:  # PyJWT checked this too; belt and braces with our clock
             raise Unauthorized(f"iss {_show(iss)}: token expired")
         if iat > now + leeway:
@@ -261,7 +265,7 @@ class Authenticator:
         if client.tenant is not None and claims.get("tenant") != client.tenant:
             raise Unauthorized(f"iss {_show(iss)}: tenant does not match the configured tenant")
         try:
-            fresh = self.replay.claim(replay_key(client.iss, jti), float(exp) + leeway)
+            fresh = self.replay.claim(replay_key(client.iss, jti), exp + leeway)
         except ReplayCacheError as exc:
             raise Unauthorized(f"iss {_show(iss)}: {exc} (failing closed)") from None
         if not fresh:

@@ -253,6 +253,9 @@ REJECTIONS: dict[str, tuple[Callable[[Env], dict[str, str]], str]] = {
                              "does not fit key"),
     "key of another client": (lambda e: e.b.bearer(service_url(e), iss=EHR_A),
                               "unknown kid"),
+    # Signed by a trusted client, valid JSON, but no time: float() overflowed into a 500.
+    "exp out of range": (lambda e: e.es.bearer(service_url(e), exp=10 ** 400), "out of range"),
+    "iat out of range": (lambda e: e.es.bearer(service_url(e), iat=-(10 ** 400)), "out of range"),
 }
 
 
