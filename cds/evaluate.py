@@ -8,6 +8,8 @@ the criteria applied with their citations, flags and the suggestion ids to offer
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable
@@ -18,6 +20,8 @@ from .rules import Criterion, Interval, Rules
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 LOW, NORMAL, UNKNOWN, ABSENT = "low", "normal", "unknown", "absent"
 _MASS_KINDS = ("appendicular-lean-mass", "appendicular-lean-mass-index")
+# every kind a muscle-mass measure is computed from
+_MASS_INPUTS = _MASS_KINDS + ("body-height", "body-weight", "bmi")
 
 
 def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
@@ -53,11 +57,6 @@ def _future(facts: PatientFacts, kind: str, sites: Iterable[str] | None = None) 
     clock skew). It is not read, but it is the newest result: reading an older one in its
     place would be a guess, so the caller treats the kind as unknown."""
     return any(m.day > facts.as_of and (sites is None or m.site in sites) for m in facts.all(kind))
-
-
-def _latest(facts: PatientFacts, kind: str) -> Measurement | None:
-    values = _usable(facts, kind)
-    return values[0] if values else None
 
 
 def _age_on(birth: date, day: date) -> int:
@@ -272,8 +271,11 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     if mass_state == ABSENT and any(facts.unusable.get(k) for k in _MASS_KINDS):
         mass_state = UNKNOWN
     gait_crit = s.gait.for_sex(sex)
-    gait = _latest(facts, "gait-speed")
+    gaits = _day_values(facts, "gait-speed")
+    gait = gaits[0] if gaits else None
     gait_state = ABSENT if gait is None else _state(gait_crit, gait.value, gait.comparator)
+    if len({_state(gait_crit, g.value, g.comparator) for g in gaits}) > 1:
+        gait, gait_state = None, UNKNOWN   # slow and not slow on one day: severity unknown
     if _future(facts, "grip-strength"):
         grip_state = UNKNOWN
     if any(_future(facts, k) for k in _MASS_KINDS):
@@ -344,8 +346,29 @@ def _grip(facts: PatientFacts, criterion: Criterion) -> tuple[str, list[Measurem
     return UNKNOWN, same_day
 
 
+def _day_values(facts: PatientFacts, kind: str) -> list[Measurement]:
+    """The usable values of ``kind`` from its latest day, newest first."""
+    values = _usable(facts, kind)
+    return [m for m in values if m.day == values[0].day] if values else []
+
+
 def _mass(facts: PatientFacts, measure: str, criterion: Criterion) -> MassValue:
-    asm = _latest(facts, "appendicular-lean-mass")
+    """One mass measure from the latest values (the first combination below). Several values
+    of an input on its latest day (two ASM results, two heights) that would classify the
+    measure differently make it unknown: which one is right would be a guess."""
+    options = [_day_values(facts, kind) or [None] for kind in _MASS_INPUTS]
+    first: MassValue | None = None
+    states: set[str] = set()
+    for combo in itertools.islice(itertools.product(*options), 256):
+        mv = _mass_from(dict(zip(_MASS_INPUTS, combo)), measure, criterion)
+        first = first or mv
+        states.add(mv.state)
+    assert first is not None
+    return first if len(states) == 1 else dataclasses.replace(first, state=UNKNOWN)
+
+
+def _mass_from(latest: dict[str, Measurement | None], measure: str, criterion: Criterion) -> MassValue:
+    asm = latest["appendicular-lean-mass"]
 
     def result(value: float | None, unit: str, sources: tuple[Measurement, ...], computed: bool,
                comparator: str | None = None, state: str | None = None) -> MassValue:
@@ -359,10 +382,10 @@ def _mass(facts: PatientFacts, measure: str, criterion: Criterion) -> MassValue:
             return result(None, "kg", (), False)
         return result(asm.value, "kg", (asm,), False, asm.comparator)
     if measure == "asm-index":
-        sent = _latest(facts, "appendicular-lean-mass-index")
+        sent = latest["appendicular-lean-mass-index"]
         if sent is not None:
             return result(sent.value, "kg/m2", (sent,), False, sent.comparator)
-        height = _latest(facts, "body-height")
+        height = latest["body-height"]
         if asm is None or height is None:
             return result(None, "kg/m2", (), True)
         if asm.comparator or height.comparator or height.value <= 0:
@@ -371,12 +394,12 @@ def _mass(facts: PatientFacts, measure: str, criterion: Criterion) -> MassValue:
     if measure == "alm-bmi":
         if asm is None:
             return result(None, "m2", (), True)
-        bmi = _latest(facts, "bmi")
+        bmi = latest["bmi"]
         sources: tuple[Measurement, ...]
         if bmi is not None:
             sources, bmi_value, odd = (asm, bmi), bmi.value, bool(bmi.comparator)
         else:
-            weight, height = _latest(facts, "body-weight"), _latest(facts, "body-height")
+            weight, height = latest["body-weight"], latest["body-height"]
             if weight is None or height is None:
                 return result(None, "m2", (), True)
             sources = (asm, weight, height)

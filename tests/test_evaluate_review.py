@@ -179,3 +179,37 @@ def test_future_dated_results_through_normalize(rules):
                   as_of=AS_OF)
     assert len(f.all("vitamin-d-25oh")) == 2
     assert codes(evaluate(f, rules)) == []
+
+
+# --------------------------------------------------------------------------- same-day conflicts
+@pytest.mark.parametrize("order", [(0.6, 1.1), (1.1, 0.6)])
+def test_conflicting_gait_speeds_on_one_day_do_not_grade_severity(rules, order):
+    """One slow and one normal gait speed on the latest day: severity is unknown, whichever
+    was listed first (before: severe or not depending on the order)."""
+    base = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12)]
+    gaits = [m("gait-speed", v, days_ago=15) for v in order]
+    (f,) = [x for x in evaluate(facts(*base, *gaits), rules) if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-confirmed" and f.variables["gait"] is None
+    assert "gait-not-measured" not in f.variables["flags"]
+    # two slow speeds on one day agree: severe
+    slow = [m("gait-speed", 0.6, days_ago=15), m("gait-speed", 0.7, days_ago=15)]
+    assert codes(evaluate(facts(*base, *slow), rules)) == ["sarcopenia-severe"]
+
+
+@pytest.mark.parametrize("order", [(12, 18), (18, 12)])
+def test_conflicting_muscle_mass_on_one_day_is_not_read_either_way(rules, order):
+    grip = m("grip-strength", 10, laterality="left")
+    masses = [m("appendicular-lean-mass", v, days_ago=15) for v in order]
+    (f,) = [x for x in evaluate(facts(grip, *masses), rules) if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+
+
+def test_conflicting_heights_on_one_day_leave_a_computed_index_unknown(rules):
+    # woman, ASM 15.5 kg: height 1.70 m → 5.36 kg/m2 (low); 1.60 m → 6.05 kg/m2 (normal)
+    data = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 15.5),
+            m("body-height", 1.70, days_ago=15), m("body-height", 1.60, days_ago=15)]
+    (f,) = [x for x in evaluate(facts(*data), rules) if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+    # heights that agree on the classification (1.70 / 1.71 m) still confirm
+    agree = data[:2] + [m("body-height", 1.70, days_ago=15), m("body-height", 1.71, days_ago=15)]
+    assert codes(evaluate(facts(*agree), rules)) == ["sarcopenia-confirmed"]
