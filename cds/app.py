@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from typing import Any, Mapping
@@ -48,6 +49,35 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):  # e.g. 1e999
         raise ValueError("number out of range")
     return value
+
+
+#: A \uD800-\uDFFF escape: the only way a JSON text can carry an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(doc: Any) -> bool:
+    """Does any string (key or value) hold an unpaired surrogate? Python's parser accepts
+    "\\ud800", but such a string cannot be encoded as UTF-8: echoed in an error, stored
+    or logged it raised UnicodeEncodeError (RFC 8259 8.2: behaviour unpredictable)."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings: Any = (item,)
+        elif isinstance(item, dict):
+            strings = item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for value in strings:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
@@ -93,12 +123,16 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
         if len(raw) > cfg.max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than {cfg.max_body_bytes} bytes.")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                              parse_float=_finite_float)
+            text = raw.decode("utf-8")
+            doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest(f"Request body is not valid JSON: {exc.__class__.__name__}.") from None
         except RecursionError:
             raise BadRequest("Request body is nested too deeply.") from None
+        if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(doc):
+            raise BadRequest("Request body is not valid JSON: a string holds an unpaired UTF-16 "
+                             "surrogate escape (\\ud800-\\udfff), which is no character.")
+        return doc
 
     def authenticate(service_id: str | None = None):
         # The request line names a (known) service even when authentication refuses the call.

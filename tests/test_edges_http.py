@@ -139,3 +139,41 @@ def test_charset_parameter_and_query_string_are_accepted(server):
     r = requests.post(server.url(SERVICE + "?via=test"), data=json.dumps(example_request()),
                       headers={"Content-Type": "application/json; charset=utf-8"}, timeout=30)
     assert r.status_code == 200 and r.json()["cards"], r.text[:300]
+
+
+# --------------------------------------------------------------------------- unpaired surrogates
+def with_surrogate(template: dict[str, Any], path: tuple, value: str = "\ud800") -> bytes:
+    """JSON text (json.dumps escapes a lone surrogate as \\ud800, which is valid JSON syntax)."""
+    doc = json.loads(json.dumps(template))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return json.dumps(doc).encode("ascii")
+
+
+@pytest.mark.parametrize("path", [("hook",), ("context", "userId"), ("prefetch", "patient", "id"),
+                                  ("extension",)])
+def test_unpaired_surrogate_in_a_service_call_is_400(server, path):
+    raw = with_surrogate(example_request(), path, "x\udfff")
+    r = requests.post(server.url(SERVICE), data=raw, timeout=10,
+                      headers={"Content-Type": "application/json"})
+    body = assert_outcome(r, 400)
+    assert "surrogate" in body["issue"][0]["diagnostics"]
+    assert_still_serving(server)
+
+
+def test_unpaired_surrogate_in_feedback_is_400_not_500(server):
+    card = issued_card(server)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-02T03:04:05Z",
+            "overrideReason": {"userComment": "ok"}}
+    raw = with_surrogate({"feedback": [item]}, ("feedback", 0, "overrideReason", "userComment"))
+    r = requests.post(server.url(FEEDBACK), data=raw, timeout=10,
+                      headers={"Content-Type": "application/json"})
+    body = assert_outcome(r, 400)
+    assert "surrogate" in body["issue"][0]["diagnostics"]
+    # A correctly paired escape (an emoji, \ud83d\ude00) is a character and is fine.
+    item["overrideReason"]["userComment"] = "ok \U0001F600"
+    r = requests.post(server.url(FEEDBACK), data=json.dumps({"feedback": [item]}).encode("ascii"),
+                      headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
