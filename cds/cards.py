@@ -117,7 +117,8 @@ def template_values(finding: Finding, rules: Rules) -> dict[str, str]:
         out["gait"] = _with_unit(_value_text(v["gait"]), _unit(rules, v["gait"].unit))
     if v.get("mass_low"):
         out["mass"] = ", ".join(
-            _with_unit(f"{cr.measures[mv.measure]} {fmt_number(mv.value)}", _unit(rules, mv.unit))
+            _with_unit(f"{cr.measures[mv.measure]} {mv.comparator or ''}{fmt_number(mv.value)}",
+                       _unit(rules, mv.unit))
             for mv in v["mass_low"])
     if finding.code == "osteosarcopenia":
         bone, sarcopenia = v["components"]

@@ -253,6 +253,7 @@ class MassValue:
     sources: tuple[Measurement, ...]
     computed: bool
     criterion: Criterion
+    comparator: str | None = None       # as sent, for a value that was not computed
 
 
 def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
@@ -375,7 +376,8 @@ def _mass_from(latest: dict[str, Measurement | None], measure: str, criterion: C
         if state is None:
             state = ABSENT if value is None else _state(criterion, value, comparator)
         day = max((m.day for m in sources), default=None)
-        return MassValue(measure, value, unit, state, day, sources, computed, criterion)
+        return MassValue(measure, value, unit, state, day, sources, computed, criterion,
+                         comparator or None)
 
     if measure == "asm":
         if asm is None:
