@@ -445,6 +445,7 @@ class SqlStore:
                                 f"of card {card_id}", expression=f"{where}.acceptedSuggestions[{j}].id"))
                 reason = item.get("overrideReason") or {}
                 coding = reason.get("reason") or {}
+                issues.extend(_unstorable(where, coding, reason))
                 rows.append({
                     "report_key": report_key(service_id, item), "card_uuid": card_id,
                     "issued_card": card_id if card is not None else None,
@@ -584,6 +585,33 @@ class SqlStore:
         with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(
                 select(issued_cards).order_by(issued_cards.c.issued_at, issued_cards.c.card_uuid))]
+
+
+#: Client text stored in a column of limited length: (column, where in the feedback item).
+_LIMITED_TEXT = (("override_reason_system", "reason", "system"),
+                 ("override_reason_code", "reason", "code"),
+                 ("override_reason_display", "reason", "display"),
+                 ("user_comment", None, "userComment"))
+
+
+def _unstorable(where: str, coding: Mapping[str, Any], reason: Mapping[str, Any]) -> list[Issue]:
+    """Values the database cannot hold, as 400 issues (else: PostgreSQL refuses a value
+    longer than its column or holding NUL with a DataError, a 500; SQLite kept them)."""
+    issues = []
+    for column, part, name in _LIMITED_TEXT:
+        value = (coding if part == "reason" else reason).get(name)
+        if not isinstance(value, str):
+            continue
+        field_path = (f"{where}.overrideReason.reason.{name}" if part == "reason"
+                      else f"{where}.overrideReason.{name}")
+        limit = getattr(feedback.c[column].type, "length", None)
+        if limit is not None and len(value) > limit:
+            issues.append(Issue(f"{field_path}: longer than {limit} characters",
+                                expression=field_path))
+        elif "\x00" in value:
+            issues.append(Issue(f"{field_path}: must not contain NUL (U+0000)",
+                                expression=field_path))
+    return issues
 
 
 def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -173,6 +173,33 @@ def test_one_bad_item_stores_nothing(server, store, shared_dir, field, value, ex
     assert rows_for(store, cards) == []
 
 
+@pytest.mark.parametrize("reason, expression", [
+    ({"reason": {"system": "https://example.org/" + "s" * 300, "code": "x"}}, "reason.system"),
+    ({"reason": {"system": "https://example.org/r", "code": "c" * 129}}, "reason.code"),
+    ({"reason": {"system": "https://example.org/r", "code": "x", "display": "d" * 256}},
+     "reason.display"),
+    ({"reason": {"system": "https://example.org/r", "code": "x\u0000"}}, "reason.code"),
+    ({"userComment": "not\u0000here"}, "userComment"),
+])
+def test_values_the_database_cannot_hold_are_400_naming_the_field(server, store, reason,
+                                                                   expression):
+    """PostgreSQL refused these with a DataError (a 500) where SQLite stored them: both
+    backends now answer 400 naming the field, and store nothing from the request."""
+    good, bad = issue(server, store, 2)
+    items = [{"card": c["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z",
+              "overrideReason": r}
+             for c, r in ((good, {"userComment": "fine"}), (bad, reason))]
+    before = store.counts()["feedback"]
+    r = post(server, {"feedback": items})
+    assert r.status_code == 400, r.text
+    issues = r.json()["issue"]
+    assert [f"feedback[1].overrideReason.{expression}"] in [i.get("expression") for i in issues]
+    assert store.counts()["feedback"] == before
+    items[1]["overrideReason"] = {"reason": {"system": "https://example.org/r", "code": "x"},
+                                  "userComment": "c" * 10_000}  # userComment is unlimited text
+    assert post(server, {"feedback": items}).status_code == 200
+
+
 def test_wrong_suggestion_id_is_400(server, store):
     card, other = issue(server, store, 2)
     body = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
