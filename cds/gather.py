@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -162,7 +162,9 @@ def within_base(url: str, base: str) -> bool:
     except ValueError:
         return False
     base_path = urlsplit(base).path.rstrip("/")
-    if ".." in path.split("/"):
+    # Dot segments, also percent-encoded ("%2e%2e", RFC 3986 2.3: the same as ".."): a
+    # server that decodes and normalises them would serve a path outside the base.
+    if any(seg in (".", "..") for seg in unquote(path).replace("\\", "/").split("/")):
         return False
     return path == base_path or path.startswith(base_path + "/")
 

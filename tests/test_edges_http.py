@@ -22,9 +22,9 @@ SUMMARY = "/admin/feedback-summary"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, fhir):
     env = {"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_ADMIN_SUMMARY_ENABLED": "true",
-           "MSKCDS_MAX_BODY_BYTES": str(64 * 1024)}
+           "MSKCDS_MAX_BODY_BYTES": str(64 * 1024), "MSKCDS_ALLOWED_FHIR_SERVERS": fhir.base_url}
     with run_server(env, tmp_path_factory.mktemp("edges"), workers=2) as srv:
         yield srv
 
@@ -177,3 +177,34 @@ def test_unpaired_surrogate_in_feedback_is_400_not_500(server):
     r = requests.post(server.url(FEEDBACK), data=json.dumps({"feedback": [item]}).encode("ascii"),
                       headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
+
+
+# --------------------------------------------------------------------------- FHIR server paths
+@pytest.mark.parametrize("escape", ["%2e%2e", "%2E%2E", ".%2e", "..%2f", "..%5c"])
+def test_next_link_with_encoded_dot_segments_is_not_followed(server, fhir, escape):
+    """A next link on the fhirServer origin whose path climbs out of the base with
+    percent-encoded dot segments (RFC 3986: %2e%2e is '..') is not followed, and the
+    access token goes nowhere; the key is 412."""
+    body = example_request()
+    first = body["prefetch"]["observations"]
+    first["link"] = [{"relation": "next",
+                      "url": f"{fhir.base_url}/{escape}/private/Observation?page=2"}]
+    body["fhirServer"] = fhir.base_url
+    body["fhirAuthorization"] = {"access_token": "edge-token-1", "token_type": "Bearer",
+                                 "expires_in": 300, "scope": "patient/*.read",
+                                 "subject": "cds-service"}
+    fhir.reset()
+    r = requests.post(server.url(SERVICE), json=body, timeout=30)
+    assert_outcome(r, 412, "prefetch.observations")
+    assert fhir.asked() == [], [x.path for x in fhir.asked()]
+    first["link"][0]["url"] = f"{fhir.base_url}/Observation?page=2"  # on the base: followed
+    fhir.reset()
+    fhir.override = lambda path, query: (200, {}, json.dumps(
+        {"resourceType": "Bundle", "type": "searchset"}).encode())
+    try:
+        r = requests.post(server.url(SERVICE), json=body, timeout=30)
+    finally:
+        fhir.override = None
+    assert r.status_code == 200, r.text[:300]
+    assert [x.path for x in fhir.asked()] == ["/fhir/Observation"]
+    assert fhir.asked()[0].headers.get("Authorization") == "Bearer edge-token-1"
