@@ -78,6 +78,14 @@ def _taking(facts: PatientFacts, categories: Iterable[str]) -> bool:
                for c in categories for med in facts.medications.get(c, ()))
 
 
+def _known_age_at_least(facts: PatientFacts, years: int) -> bool:
+    """The patient is certainly at least ``years`` old today (a full or partial birthDate)."""
+    if facts.birth_date is not None:
+        return _age_on(facts.birth_date, facts.as_of) >= years
+    span = facts.age_range
+    return span is not None and span[0] >= years
+
+
 def _criterion(what: str, criterion: Criterion, unit: str, result: str) -> dict[str, Any]:
     return {"what": what, "criterion": criterion, "unit": unit, "result": result}
 
@@ -129,6 +137,10 @@ def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
                          "result": "kidney-failure"})
     if _taking(facts, vd.supplement_medications):
         flags.add("on-vitamin-d")
+    if not _known_age_at_least(facts, vd.regimen_min_age):
+        flags.add("no-adult-regimen")   # a child, or age unknown: no adult dosing on a guess
+        criteria.append({"what": "no-adult-regimen", "criterion": vd.regimen_age_citation,
+                         "unit": "", "result": ""})
     return _finding(rules, chosen.finding, evidence=[m], flags=flags, citations=citations,
                     indicator=grade.indicator if grade and grade.indicator else None,
                     facts=facts, key=m, date=m.day, status=chosen.status, profile=vd.label,

@@ -99,6 +99,7 @@ FLAGS: tuple[str, ...] = (
     "fragility-fracture",   # a fragility fracture on record
     "mass-indeterminate",   # muscle mass measured but not classifiable (comparator, unusable)
     "gait-not-measured",    # sarcopenia confirmed, gait speed not on record
+    "no-adult-regimen",     # vitamin D: patient not known to be old enough for the adult regimen
 )
 MASS_MEASURES = ("asm", "asm-index", "alm-bmi")
 INDICATORS = ("info", "warning", "critical")
@@ -316,6 +317,8 @@ class VitaminDFileSchema(_Strict):
     max_age_basis = fields.String(required=True)
     kidney_failure = fields.Nested(KidneyFailureSchema, required=True)
     supplement_medications = fields.List(fields.String(), required=True)
+    regimen_min_age = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100))
+    regimen_min_age_citation = fields.Nested(CitationRefSchema, required=True)
     profiles = fields.Dict(keys=fields.String(), values=fields.Nested(VitaminDProfileSchema),
                            required=True, validate=validate.Length(min=1))
 
@@ -527,6 +530,8 @@ class VitaminDRules:
     kidney_conditions: tuple[str, ...]
     kidney_citation: Criterion
     supplement_medications: tuple[str, ...]
+    regimen_min_age: int = 0
+    regimen_age_citation: Criterion | None = None
 
 
 @dataclass(frozen=True)
@@ -737,7 +742,10 @@ def _build_vitamin_d(path: Path, data: Mapping[str, Any], profile_name: str,
             unit=data["unit"], max_age_days=data["max_age_days"], bands=tuple(bands),
             kidney_conditions=tuple(data["kidney_failure"]["conditions"]),
             kidney_citation=_criterion(path, "kidney_failure", data["kidney_failure"], citations),
-            supplement_medications=tuple(data["supplement_medications"]))
+            supplement_medications=tuple(data["supplement_medications"]),
+            regimen_min_age=data["regimen_min_age"],
+            regimen_age_citation=_criterion(path, "regimen_min_age_citation", {}, citations,
+                                            data["regimen_min_age_citation"]))
     return _select(path, built, profile_name, "MSKCDS_VITAMIN_D_PROFILE")
 
 

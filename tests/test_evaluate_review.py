@@ -213,3 +213,48 @@ def test_conflicting_heights_on_one_day_leave_a_computed_index_unknown(rules):
     # heights that agree on the classification (1.70 / 1.71 m) still confirm
     agree = data[:2] + [m("body-height", 1.70, days_ago=15), m("body-height", 1.71, days_ago=15)]
     assert codes(evaluate(facts(*agree), rules)) == ["sarcopenia-confirmed"]
+
+
+# --------------------------------------------------------------------------- dosing by age
+def _vd_facts(birth, value=9):
+    f = facts(m("vitamin-d-25oh", value))
+    f.birth_date = birth
+    f.birth_date_range = None if birth is None else (birth, birth)
+    return f
+
+
+@pytest.mark.parametrize("birth,adult", [
+    (date(2024, 1, 1), False),       # 2 years old: the adult 50,000 IU weekly course is wrong
+    (date(2008, 11, 23), False),     # 17 (18 tomorrow)
+    (date(2007, 11, 23), False),     # 18: Endocrine Society 2011 treats 1-18 year olds as children
+    (date(2007, 11, 22), True),      # 19 today
+    (date(1950, 1, 1), True),
+    (None, False),                   # age unknown: no adult dosing on a guess
+])
+def test_adult_regimen_only_for_patients_known_to_be_adults(rules, birth, adult):
+    (f,) = [x for x in evaluate(_vd_facts(birth), rules) if x.code == "vitamin-d-deficiency"]
+    assert ("draft-vitamin-d-course" in f.suggestions) is adult
+    assert ("no-adult-regimen" in f.variables["flags"]) is not adult
+
+
+def test_partial_birth_date_of_an_adult_still_gets_the_regimen(rules):
+    f = _vd_facts(None)
+    f.birth_date_range = (date(1950, 1, 1), date(1950, 12, 31))
+    (finding,) = [x for x in evaluate(f, rules) if x.code == "vitamin-d-deficiency"]
+    assert "draft-vitamin-d-course" in finding.suggestions
+
+
+def test_child_card_has_no_dosing_text(rules):
+    from cds.cards import build_cards
+
+    f = _vd_facts(date(2020, 6, 1))
+    cards = build_cards(evaluate(f, rules), f, rules)
+    (card,) = [c for c in cards if c["source"]["topic"]["code"] == "vitamin-d-deficiency"]
+    assert "50,000" not in card["detail"] and "IU" not in card["detail"]
+    assert not any(a["resource"]["resourceType"] == "MedicationRequest"
+                   for s in card.get("suggestions", ()) for a in s["actions"])
+    f = _vd_facts(date(2020, 6, 1), value=25)          # insufficiency: no daily-dose text either
+    (card,) = [c for c in build_cards(evaluate(f, rules), f, rules)
+               if c["source"]["topic"]["code"] == "vitamin-d-insufficiency"]
+    assert "IU" not in card["detail"]
+    assert "Adult treatment regimen not offered" in card["detail"]
