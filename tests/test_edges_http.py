@@ -208,3 +208,15 @@ def test_next_link_with_encoded_dot_segments_is_not_followed(server, fhir, escap
     assert r.status_code == 200, r.text[:300]
     assert [x.path for x in fhir.asked()] == ["/fhir/Observation"]
     assert fhir.asked()[0].headers.get("Authorization") == "Bearer edge-token-1"
+
+
+# --------------------------------------------------------------------------- afterwards
+def test_after_all_of_the_above_the_log_is_clean(server):
+    """Runs last in this module: no internal error, no stack trace, and neither the
+    access token nor the patient id of any request above in the server's log."""
+    assert_still_serving(server)
+    log = server.log_text()
+    assert log.count('"logger":"mskcds.access"') >= 20, log[-2000:]
+    for needle in ("edge-token-1", example_request()["context"]["patientId"], "Traceback",
+                   "internal error", '"level":"error"'):
+        assert needle not in log, needle
