@@ -273,6 +273,8 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     sex = facts.gender
     if sex not in ("male", "female"):
         return None   # every cut-off is sex-specific
+    if not _known_age_at_least(facts, s.min_age):
+        return None   # adult cut-offs: a child, or age unknown, is never labelled
     grip_crit = s.grip.for_sex(sex)
     grip_state, grips = _grip(facts, grip_crit)
     masses = [_mass(facts, measure, cut.for_sex(sex)) for measure, cut in s.mass]

@@ -402,6 +402,8 @@ class SarcopeniaProfileSchema(_Strict):
 
 class SarcopeniaFileSchema(_Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
+    min_age = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100))
+    min_age_citation = fields.Nested(CitationRefSchema, required=True)
     profiles = fields.Dict(keys=fields.String(), values=fields.Nested(SarcopeniaProfileSchema),
                            required=True, validate=validate.Length(min=1))
 
@@ -572,6 +574,8 @@ class SarcopeniaRules:
     grip: SexCutoff
     mass: tuple[tuple[str, SexCutoff], ...]    # (measure, cut-off)
     gait: SexCutoff
+    min_age: int = 0
+    age_citation: Criterion | None = None
 
 
 @dataclass(frozen=True)
@@ -798,7 +802,9 @@ def _build_sarcopenia(path: Path, data: Mapping[str, Any], profile_name: str,
             profile_name=name, label=prof["label"], citation=prof["citation"],
             grip=cut(f"{where}.grip", prof["grip"]),
             mass=tuple((m["measure"], cut(f"{where}.mass[{i}]", m)) for i, m in enumerate(prof["mass"])),
-            gait=cut(f"{where}.gait", prof["gait"]))
+            gait=cut(f"{where}.gait", prof["gait"]),
+            min_age=data["min_age"],
+            age_citation=_criterion(path, "min_age_citation", {}, citations, data["min_age_citation"]))
     return _select(path, built, profile_name, "MSKCDS_SARCOPENIA_PROFILE")
 
 

@@ -258,3 +258,20 @@ def test_child_card_has_no_dosing_text(rules):
                if c["source"]["topic"]["code"] == "vitamin-d-insufficiency"]
     assert "IU" not in card["detail"]
     assert "Adult treatment regimen not offered" in card["detail"]
+
+
+# --------------------------------------------------------------------------- sarcopenia in children
+@pytest.mark.parametrize("age,adult", [(8, False), (17, False), (18, True), (70, True)])
+def test_adult_sarcopenia_cut_offs_do_not_label_children(rules, age, adult):
+    """An 8-year-old's grip (NIH Toolbox grip tests are used from age 3) is naturally below
+    16 kg: that is not probable sarcopenia."""
+    found = codes(evaluate(facts(m("grip-strength", 10, laterality="left"), age=age), rules))
+    assert found == (["sarcopenia-probable"] if adult else [])
+
+
+def test_sarcopenia_needs_a_known_age(rules):
+    f = facts(m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12))
+    f.birth_date = None
+    assert codes(evaluate(f, rules)) == []
+    f.birth_date_range = (date(1950, 1, 1), date(1950, 12, 31))    # partial birthDate, adult
+    assert codes(evaluate(f, rules)) == ["sarcopenia-confirmed"]
