@@ -127,6 +127,8 @@ class JwksFetcher:
             return parse_jwks(json.loads(body.decode("utf-8")), strict=False)
         except (ValueError, JwksError) as exc:
             raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: {exc}") from None
+        except RecursionError:  # deeply nested JSON inside the size cap: was a 500
+            raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------- authenticator

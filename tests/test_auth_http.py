@@ -44,6 +44,7 @@ class Env:
         self.rotated = new_ec_signer("https://rotating-ehr.example.org", "rot-2")
         self.redirecting = new_ec_signer("https://redirecting-ehr.example.org", "redir-1")
         self.big = new_ec_signer("https://big-jwks-ehr.example.org", "big-1")
+        self.deep = new_ec_signer("https://deep-jwks-ehr.example.org", "deep-1")
         self.jwks_server = FhirTestServer().start()
         self.fhir_a = FhirTestServer().start()
         self.fhir_b = FhirTestServer().start()
@@ -67,6 +68,9 @@ class Env:
         big = self.big.jwks()
         big["padding"] = "x" * 100_000  # a valid JWKS, but over the 64 KiB cap
         big_url = self.serve_json("/big/jwks.json", big)
+        # Under the size cap, but nested deeper than the JSON parser goes.
+        self.served["/deep/jwks.json"] = (200, {"Content-Type": "application/json"},
+                                          b"[" * 30_000 + b"]" * 30_000)
         clients = [
             {"iss": EHR_A, "jwks": {"keys": [self.es.jwk(), self.rs.jwk()]},
              "fhir_servers": [self.fhir_a.base_url]},
@@ -75,6 +79,7 @@ class Env:
             {"iss": self.redirecting.iss,
              "jwks_url": self.jwks_server.origin + "/redirect/jwks.json"},
             {"iss": self.big.iss, "jwks_url": big_url},
+            {"iss": self.deep.iss, "jwks_url": self.jwks_server.origin + "/deep/jwks.json"},
         ]
         if SHARED.is_dir():
             sandbox_jwks = json.loads((SHARED / "cds-hooks-sandbox" / "jwks.json").read_text())
@@ -256,6 +261,7 @@ REJECTIONS: dict[str, tuple[Callable[[Env], dict[str, str]], str]] = {
     # Signed by a trusted client, valid JSON, but no time: float() overflowed into a 500.
     "exp out of range": (lambda e: e.es.bearer(service_url(e), exp=10 ** 400), "out of range"),
     "iat out of range": (lambda e: e.es.bearer(service_url(e), iat=-(10 ** 400)), "out of range"),
+    "jwks nested too deeply": (lambda e: e.deep.bearer(service_url(e)), "nested too deeply"),
 }
 
 
