@@ -263,6 +263,8 @@ class _Fetcher:
                 return json.loads(body)
             except ValueError:
                 raise Unavailable("the FHIR server's answer is not JSON") from None
+            except RecursionError:  # not our bug: no "fetch failed unexpectedly" error line
+                raise Unavailable("the FHIR server's answer is nested too deeply") from None
         raise Unavailable("too many redirects from the FHIR server")
 
     def _read(self, resp: requests.Response) -> bytes:

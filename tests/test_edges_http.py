@@ -210,6 +210,23 @@ def test_next_link_with_encoded_dot_segments_is_not_followed(server, fhir, escap
     assert fhir.asked()[0].headers.get("Authorization") == "Bearer edge-token-1"
 
 
+def test_fhir_server_answer_nested_too_deeply_is_412_without_an_error_in_the_log(server, fhir):
+    body = example_request()
+    del body["prefetch"]["observations"]
+    body["fhirServer"] = fhir.base_url
+    fhir.reset()
+    fhir.override = lambda path, query: (200, {}, b"[" * 100_000 + b"]" * 100_000)
+    before = len(server.log_text())
+    try:
+        r = requests.post(server.url(SERVICE), json=body, timeout=30)
+    finally:
+        fhir.override = None
+    assert_outcome(r, 412, "prefetch.observations")
+    assert "nested too deeply" in r.text
+    new_log = server.log_text()[before:]
+    assert '"level":"error"' not in new_log, new_log
+
+
 # --------------------------------------------------------------------------- afterwards
 def test_after_all_of_the_above_the_log_is_clean(server):
     """Runs last in this module: no internal error, no stack trace, and neither the
