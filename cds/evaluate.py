@@ -303,8 +303,8 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
         code = "low-muscle-mass"
     elif grip_state == LOW and mass_state == LOW:
         code = "sarcopenia-severe" if gait_state == LOW else "sarcopenia-confirmed"
-        if gait_state == ABSENT:
-            flags.add("gait-not-measured")
+        if gait_state == ABSENT and not facts.unusable.get("gait-speed"):
+            flags.add("gait-not-measured")   # (sent but unusable is not "not on record")
     elif grip_state == LOW and mass_state in (ABSENT, UNKNOWN):
         code = "sarcopenia-probable"
         if mass_state == UNKNOWN:

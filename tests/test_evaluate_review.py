@@ -275,3 +275,12 @@ def test_sarcopenia_needs_a_known_age(rules):
     assert codes(evaluate(f, rules)) == []
     f.birth_date_range = (date(1950, 1, 1), date(1950, 12, 31))    # partial birthDate, adult
     assert codes(evaluate(f, rules)) == ["sarcopenia-confirmed"]
+
+
+def test_an_unreadable_gait_speed_is_not_called_not_on_record(rules):
+    data = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12)]
+    (f,) = [x for x in evaluate(facts(*data), rules) if x.code != "dxa-screening-due"]
+    assert "gait-not-measured" in f.variables["flags"]
+    (f,) = [x for x in evaluate(facts(*data, unusable={"gait-speed": 1}), rules)
+            if x.code != "dxa-screening-due"]
+    assert f.code == "sarcopenia-confirmed" and "gait-not-measured" not in f.variables["flags"]
