@@ -35,3 +35,14 @@ def test_a_mass_reported_with_a_comparator_is_shown_with_it(rules):
     (card,) = [c for c in build_cards(evaluate(f, rules), f, rules)
                if c["source"]["topic"]["code"] == "sarcopenia-confirmed"]
     assert "ASM <12.3 kg" in card["summary"], card["summary"]
+
+
+def test_probable_sarcopenia_with_an_unclassifiable_mass_does_not_say_mass_was_not_measured(rules):
+    data = [m("grip-strength", 10, "kg", laterality="left"),
+            m("appendicular-lean-mass-index", 6.0, "kg/m2", comparator="<")]
+    f = PatientFacts(patient_id="p1", as_of=AS_OF, gender="female", birth_date=date(1950, 1, 1),
+                     measurements={x.kind: [x] for x in data})
+    (card,) = [c for c in build_cards(evaluate(f, rules), f, rules)
+               if c["source"]["topic"]["code"] == "sarcopenia-probable"]
+    assert "cannot be classified" in card["detail"]
+    assert "not been measured" not in card["detail"], card["detail"]
