@@ -169,6 +169,15 @@ def within_base(url: str, base: str) -> bool:
     return path == base_path or path.startswith(base_path + "/")
 
 
+def _join(base: str, reference: str) -> str:
+    """``urljoin``, with a URL it cannot parse (``http://[bad``: ValueError) refused as a
+    reason for 412 rather than falling through to the internal-error path."""
+    try:
+        return urljoin(base, reference)
+    except ValueError:
+        raise Unavailable("the FHIR server gave a URL that cannot be parsed; not followed") from None
+
+
 # --------------------------------------------------------------------------- content rules
 def bundle_resources(bundle: Mapping[str, Any], expected_type: str | None) -> list[dict[str, Any]]:
     """Resources of a searchset Bundle: entries without a resource are dropped,
@@ -242,10 +251,15 @@ class _Fetcher:
             except requests.RequestException as exc:
                 raise Unavailable(f"the FHIR server could not be reached "
                                   f"({exc.__class__.__name__})") from None
+            except ValueError:
+                # Even with allow_redirects=False, requests parses a Location header to
+                # offer resp.next, and raises ValueError on one like "http://[::1/x".
+                raise Unavailable("the FHIR server's answer could not be parsed "
+                                  "(a malformed Location header?)") from None
             try:
                 if resp.is_redirect:
                     location = resp.headers.get("Location", "")
-                    url = urljoin(url, location)
+                    url = _join(url, location)
                     if not within_base(url, self.base):
                         raise Unavailable("the FHIR server redirected outside fhirServer; "
                                           "the redirect was not followed")
@@ -315,7 +329,7 @@ class _Fetcher:
             url = next_link(page)
             if url is None:
                 return out
-            url = urljoin(current, url)  # FHIR next links are absolute; tolerate relative ones
+            url = _join(current, url)  # FHIR next links are absolute; tolerate relative ones
             if pages >= self.config.fhir_max_pages:
                 raise Unavailable(f"the search has more than {self.config.fhir_max_pages} "
                                   f"pages (MSKCDS_FHIR_MAX_PAGES)")

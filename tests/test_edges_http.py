@@ -227,6 +227,26 @@ def test_fhir_server_answer_nested_too_deeply_is_412_without_an_error_in_the_log
     assert '"level":"error"' not in new_log, new_log
 
 
+@pytest.mark.parametrize("where", ["next", "redirect"])
+def test_unparseable_next_link_or_redirect_is_412_without_an_error_in_the_log(server, fhir, where):
+    body = example_request()
+    body["fhirServer"] = fhir.base_url
+    fhir.reset()
+    if where == "next":
+        body["prefetch"]["observations"]["link"] = [{"relation": "next", "url": "http://[bad/x"}]
+    else:
+        del body["prefetch"]["observations"]
+        fhir.override = lambda path, query: (302, {"Location": "http://[::1/fhir/x"}, b"")
+    before = len(server.log_text())
+    try:
+        r = requests.post(server.url(SERVICE), json=body, timeout=30)
+    finally:
+        fhir.override = None
+    assert_outcome(r, 412, "prefetch.observations")
+    new_log = server.log_text()[before:]
+    assert '"level":"error"' not in new_log, new_log
+
+
 # --------------------------------------------------------------------------- afterwards
 def test_after_all_of_the_above_the_log_is_clean(server):
     """Runs last in this module: no internal error, no stack trace, and neither the
