@@ -162,9 +162,11 @@ def within_base(url: str, base: str) -> bool:
     except ValueError:
         return False
     base_path = urlsplit(base).path.rstrip("/")
-    # Dot segments, also percent-encoded ("%2e%2e", RFC 3986 2.3: the same as ".."): a
-    # server that decodes and normalises them would serve a path outside the base.
-    if any(seg in (".", "..") for seg in unquote(path).replace("\\", "/").split("/")):
+    # Dot segments, also percent-encoded ("%2e%2e", RFC 3986 2.3: the same as "..") or
+    # with a path parameter ("..;x", which servlet containers read as ".."): a server
+    # that decodes and normalises them would serve a path outside the base.
+    segments = unquote(path).replace("\\", "/").split("/")
+    if any(seg.split(";", 1)[0] in (".", "..") for seg in segments):
         return False
     return path == base_path or path.startswith(base_path + "/")
 

@@ -180,7 +180,7 @@ def test_unpaired_surrogate_in_feedback_is_400_not_500(server):
 
 
 # --------------------------------------------------------------------------- FHIR server paths
-@pytest.mark.parametrize("escape", ["%2e%2e", "%2E%2E", ".%2e", "..%2f", "..%5c"])
+@pytest.mark.parametrize("escape", ["%2e%2e", "%2E%2E", ".%2e", "..%2f", "..%5c", "..;", "..;x=1"])
 def test_next_link_with_encoded_dot_segments_is_not_followed(server, fhir, escape):
     """A next link on the fhirServer origin whose path climbs out of the base with
     percent-encoded dot segments (RFC 3986: %2e%2e is '..') is not followed, and the
