@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Iterable
 
 from .facts import Finding, Measurement, PatientFacts
@@ -20,6 +20,7 @@ from .rules import Criterion, Interval, Rules
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 LOW, NORMAL, UNKNOWN, ABSENT = "low", "normal", "unknown", "absent"
 _MASS_KINDS = ("appendicular-lean-mass", "appendicular-lean-mass-index")
+_DAY = timedelta(days=1)
 # every kind a muscle-mass measure is computed from
 _MASS_INPUTS = _MASS_KINDS + ("body-height", "body-weight", "bmi")
 
@@ -57,6 +58,13 @@ def _future(facts: PatientFacts, kind: str, sites: Iterable[str] | None = None) 
     clock skew). It is not read, but it is the newest result: reading an older one in its
     place would be a guess, so the caller treats the kind as unknown."""
     return any(m.day > facts.as_of and (sites is None or m.site in sites) for m in facts.all(kind))
+
+
+def _unread_since(facts: PatientFacts, kind: str, day: date | None) -> bool:
+    """A result of ``kind`` dated on or after ``day`` was sent but could not be used (odd unit,
+    invalid...): the usable one from ``day`` may not be the latest, or not the whole picture."""
+    last = facts.unusable_latest.get(kind)
+    return last is not None and (day is None or last >= day)
 
 
 def _age_on(birth: date, day: date) -> int:
@@ -117,6 +125,8 @@ def _vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
     m = values[0]
     if (facts.as_of - m.day).days > vd.max_age_days:
         return None
+    if _unread_since(facts, vd.kind, m.day):
+        return None   # a newer (or same-day) result could not be read: status unknown
     # Several results on the latest day (a repeat, a D3-only and a total result...) that
     # classify differently leave the status unknown: no card on whichever was listed first.
     if len({_vitamin_d_class(vd, x) for x in values if x.day == m.day}) > 1:
@@ -179,6 +189,10 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
     # Z-score) is still the latest scan, so an older scan's scores are not read as current.
     bmd = [m for m in _usable(facts, "bmd") if m.site in sites]
     dxa_day = max(m.day for m in t_scores + z_scores + bmd)
+    unread = {k: facts.unusable_latest[k] for k in ("t-score", "z-score", "bmd")
+              if _unread_since(facts, k, dxa_day)}
+    if any(day > dxa_day for day in unread.values()):
+        return None   # a later scan could not be read: the usable one is not the most recent
     if dxa_day < facts.birth_date:
         return None   # a scan dated before birth: the date or the birthDate is wrong, no guess
     age = _age_on(facts.birth_date, dxa_day)
@@ -200,18 +214,21 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
         day_scores = sorted((m for m in t_scores if m.day == dxa_day), key=lambda m: m.value)
         if not day_scores:
             return None
-        code, crit = _classify_lowest(day_scores, [("osteoporosis", b.osteoporosis),
-                                                   ("low-bone-mass", b.low_bone_mass)])
+        bands = [("osteoporosis", b.osteoporosis), ("low-bone-mass", b.low_bone_mass)]
+        code, crit = _classify_lowest(day_scores, bands)
         kind = "t-score"
     else:
         # Under the T-score age: T-scores never diagnose; Z-scores are read.
         day_scores = sorted((m for m in z_scores if m.day == dxa_day), key=lambda m: m.value)
         if not day_scores:
             return None
-        code, crit = _classify_lowest(day_scores, [("bmd-below-expected-for-age", b.below_expected)])
+        bands = [("bmd-below-expected-for-age", b.below_expected)]
+        code, crit = _classify_lowest(day_scores, bands)
         kind = "z-score"
     if code is None:
         return None
+    if kind in unread and code != bands[0][0]:
+        return None   # a site on that day could not be read: it might be lower (no milder label)
     key = day_scores[0]
     criteria = (_criterion(kind, crit, "", code), age_criterion,
                 _criterion("site", b.sites_citation, "", "sites"))
@@ -296,6 +313,16 @@ def _sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     if any(_future(facts, k) for k in _MASS_KINDS):
         mass_state = UNKNOWN
     if _future(facts, "gait-speed"):
+        gait, gait_state = None, UNKNOWN
+    # a newer (or same-day) result that could not be read: the usable one may not be current
+    if grips and _unread_since(facts, "grip-strength", grips[0].day) and \
+            (grip_state == LOW or _unread_since(facts, "grip-strength", grips[0].day + _DAY)):
+        grip_state = UNKNOWN   # (same day: any normal hand still makes grip normal)
+    if mass_state in (LOW, NORMAL) and any(
+            _unread_since(facts, k, max((mv.day for mv in masses if mv.day), default=None))
+            for k in _MASS_KINDS):
+        mass_state = UNKNOWN
+    if gait is not None and _unread_since(facts, "gait-speed", gait.day):
         gait, gait_state = None, UNKNOWN
 
     flags: set[str] = set()

@@ -69,6 +69,9 @@ class PatientFacts:
     # this patient's own final results that could not be used (unit, date, value, validity),
     # counted per kind: "measured but unusable" is not "not measured" (e.g. no DXA on record)
     unusable: dict[str, int] = field(default_factory=dict)
+    # the newest day of those unusable results, per kind (when they had a date): a usable
+    # result older than this is not the latest one, so evaluate does not read it as current
+    unusable_latest: dict[str, date] = field(default_factory=dict)
 
     @property
     def age_range(self) -> tuple[int, int] | None:

@@ -102,6 +102,7 @@ class _Drop(Exception):
     ``kinds``: for this patient's own results, the observation kinds that were lost."""
 
     kinds: list[str] = []
+    when: datetime | None = None   # the result's date, when it had one
 
 
 # --------------------------------------------------------------------------- entry point
@@ -133,7 +134,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
                 except _PartialDrop as part:   # some values kept, others dropped
                     found = part.kept
                     facts.excluded.append(f"{rtype}: {part}")
-                    _count_unusable(facts, part.kinds)
+                    _count_unusable(facts, part.kinds, part.when)
                 for m in found:
                     measurements.setdefault(m.kind, []).append(m)
             elif rtype == "Patient":
@@ -149,7 +150,7 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
                     facts.medications.setdefault(m.category, []).append(m)
         except _Drop as why:
             facts.excluded.append(f"{rtype}: {why}")
-            _count_unusable(facts, why.kinds)
+            _count_unusable(facts, why.kinds, why.when)
         except Exception:  # malformed beyond what the checks foresee: excluded, never a 5xx
             log.warning("normalize: %s could not be read", rtype, exc_info=False)
             facts.excluded.append(f"{rtype}: could not be read")
@@ -160,9 +161,13 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
     return facts
 
 
-def _count_unusable(facts: PatientFacts, kinds: list[str]) -> None:
+def _count_unusable(facts: PatientFacts, kinds: list[str], when: datetime | None = None) -> None:
     for kind in kinds:
         facts.unusable[kind] = facts.unusable.get(kind, 0) + 1
+        if when is not None:
+            day = when.date()
+            if day > facts.unusable_latest.get(kind, day - timedelta(days=1)):
+                facts.unusable_latest[kind] = day
 
 
 def _text(value: Any) -> str | None:
@@ -451,7 +456,9 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     try:
         when = _effective(res)
         if when.date() > latest_day:
-            raise _Drop("dated in the future")
+            future = _Drop("dated in the future")
+            future.when = when
+            raise future
     except _Drop as why:
         why.kinds = [m.kind for m in ([main] if main else []) + [p[0] for p in parts]]
         raise
@@ -470,15 +477,19 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     if not out:
         drop = _Drop("; ".join(reasons))
         drop.kinds = failed
+        drop.when = when
         raise drop
     # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
     try:
         _validate_observation(res)
     except _Drop as why:
         why.kinds = [m.kind for m in out] + failed
+        why.when = when
         raise
     if reasons:
-        raise _PartialDrop(out, reasons, failed)
+        part = _PartialDrop(out, reasons, failed)
+        part.when = when
+        raise part
     return out
 
 

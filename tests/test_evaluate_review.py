@@ -284,3 +284,45 @@ def test_an_unreadable_gait_speed_is_not_called_not_on_record(rules):
     (f,) = [x for x in evaluate(facts(*data, unusable={"gait-speed": 1}), rules)
             if x.code != "dxa-screening-due"]
     assert f.code == "sarcopenia-confirmed" and "gait-not-measured" not in f.variables["flags"]
+
+
+# --------------------------------------------------------------------------- newest result unusable
+def _unread(f, **days_ago):
+    for kind, ago in days_ago.items():
+        kind = kind.replace("_", "-")
+        f.unusable[kind] = f.unusable.get(kind, 0) + 1
+        f.unusable_latest[kind] = AS_OF - timedelta(days=ago)
+    return f
+
+
+def test_newer_unusable_dxa_result_stops_the_older_scan_being_read(rules):
+    older = m("t-score", -3.0, days_ago=400, site="lumbar-spine")
+    assert codes(evaluate(_unread(facts(older), t_score=500), rules)) == ["osteoporosis"]
+    assert codes(evaluate(_unread(facts(older), t_score=30), rules)) == []
+
+
+def test_same_day_unusable_site_never_gives_a_milder_label(rules):
+    spine = m("t-score", -1.5, days_ago=30, site="lumbar-spine")     # low bone mass alone
+    assert codes(evaluate(_unread(facts(spine), t_score=30), rules)) == []
+    worst = m("t-score", -3.0, days_ago=30, site="lumbar-spine")     # already the worst band
+    assert codes(evaluate(_unread(facts(worst), t_score=30), rules)) == ["osteoporosis"]
+
+
+def test_newer_unusable_grip_mass_or_gait_is_unknown(rules):
+    grip = m("grip-strength", 10, days_ago=100, laterality="left")
+    mass = m("appendicular-lean-mass", 12, days_ago=100)
+    slow = m("gait-speed", 0.5, days_ago=100)
+    assert codes(evaluate(facts(grip, mass, slow), rules)) == ["sarcopenia-severe"]
+    assert codes(evaluate(_unread(facts(grip, mass, slow), grip_strength=10), rules)) == []
+    (f,) = codes(evaluate(_unread(facts(grip, mass, slow), appendicular_lean_mass=10), rules))
+    assert f == "sarcopenia-probable"
+    (f,) = codes(evaluate(_unread(facts(grip, mass, slow), gait_speed=10), rules))
+    assert f == "sarcopenia-confirmed"
+    # unusable results older than the usable ones change nothing
+    assert codes(evaluate(_unread(facts(grip, mass, slow), grip_strength=300, gait_speed=300,
+                                  appendicular_lean_mass=300), rules)) == ["sarcopenia-severe"]
+
+
+def test_same_day_unusable_z_score_does_not_stop_t_scores_at_50_and_over(rules):
+    spine = m("t-score", -1.5, days_ago=30, site="lumbar-spine")
+    assert codes(evaluate(_unread(facts(spine), z_score=30, bmd=30), rules)) == ["low-bone-mass"]

@@ -55,3 +55,35 @@ def test_dxa_dated_before_birth_makes_no_finding(rules):
     f = normalize([patient("2026-11-10"), z_score(-2.5, day="2026-11-01")], "p1", rules, as_of=AS_OF)
     assert f.birth_date == date(2026, 11, 10)
     assert [x.code for x in evaluate(f, rules)] == []
+
+
+# --------------------------------------------------------------------------- newest result unusable
+def vd(oid, value, day, unit="ng/mL"):
+    return {"resourceType": "Observation", "id": oid, "status": "final",
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": day,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "62292-8"}]},
+            "valueQuantity": {"value": value, "unit": unit, "code": unit,
+                              "system": "http://unitsofmeasure.org"}}
+
+
+def test_newest_unusable_result_day_is_recorded(rules):
+    f = normalize([patient("1950-01-01"), vd("o1", 9, "2026-03-01"), vd("o2", 45, "2026-11-01", "ng/ml"),
+                   vd("o3", 40, "2026-06-01", "ng/ml")], "p1", rules, as_of=AS_OF)
+    assert f.unusable == {"vitamin-d-25oh": 2}
+    assert f.unusable_latest == {"vitamin-d-25oh": date(2026, 11, 1)}
+
+
+def test_an_older_result_is_not_read_when_the_newest_could_not_be(rules):
+    """The newest 25(OH)D came with a unit the service does not accept ('ng/ml' is not the UCUM
+    code): the status today is unknown, and the deficient result from March is not read in
+    its place."""
+    older = vd("o1", 9, "2026-03-01")
+    base = normalize([patient("1950-01-01"), older], "p1", rules, as_of=AS_OF)
+    assert "vitamin-d-deficiency" in [x.code for x in evaluate(base, rules)]
+    newer_odd = vd("o2", 45, "2026-11-01", "ng/ml")
+    f = normalize([patient("1950-01-01"), older, newer_odd], "p1", rules, as_of=AS_OF)
+    assert "vitamin-d-deficiency" not in [x.code for x in evaluate(f, rules)]
+    # an unusable result OLDER than the usable one does not matter
+    f = normalize([patient("1950-01-01"), vd("o3", 9, "2026-11-01"), vd("o4", 45, "2026-03-01", "ng/ml")],
+                  "p1", rules, as_of=AS_OF)
+    assert "vitamin-d-deficiency" in [x.code for x in evaluate(f, rules)]
