@@ -256,8 +256,8 @@ class _Fetcher:
             except ValueError:
                 # Even with allow_redirects=False, requests parses a Location header to
                 # offer resp.next, and raises ValueError on one like "http://[::1/x".
-                raise Unavailable("the FHIR server's answer could not be parsed "
-                                  "(a malformed Location header?)") from None
+                raise Unavailable("the request to the FHIR server or its answer could not "
+                                  "be parsed (e.g. a malformed Location header)") from None
             try:
                 if resp.is_redirect:
                     location = resp.headers.get("Location", "")

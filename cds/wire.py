@@ -84,7 +84,11 @@ class FhirAuthorizationSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    access_token = fields.String(required=True, validate=NonBlank)
+    # Sent as "Authorization: Bearer <token>": visible ASCII only (RFC 6750's b64token is
+    # narrower still). CR/LF, NUL, spaces or non-ASCII cannot travel in a header; they
+    # made the fetch fail as a misleading 412 (or sent a NUL to the FHIR server).
+    access_token = fields.String(required=True, validate=validate.Regexp(
+        r"^[\x21-\x7e]+$", error="must be visible ASCII characters (an OAuth 2.0 bearer token)"))
     token_type = fields.String(required=True, validate=validate.Equal(
         "Bearer", error="must be 'Bearer'"))
     expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))

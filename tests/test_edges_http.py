@@ -247,6 +247,20 @@ def test_unparseable_next_link_or_redirect_is_412_without_an_error_in_the_log(se
     assert '"level":"error"' not in new_log, new_log
 
 
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "tok\U0001F600", "a\x00b", "a b"])
+def test_access_token_that_cannot_travel_in_a_header_is_400(server, fhir, token):
+    body = example_request()
+    del body["prefetch"]["observations"]
+    body["fhirServer"] = fhir.base_url
+    body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+                                 "scope": "patient/*.read", "subject": "cds-service"}
+    fhir.reset()
+    r = requests.post(server.url(SERVICE), json=body, timeout=30)
+    assert_outcome(r, 400, "fhirAuthorization.access_token")
+    assert token not in r.text
+    assert fhir.asked() == []
+
+
 # --------------------------------------------------------------------------- afterwards
 def test_after_all_of_the_above_the_log_is_clean(server):
     """Runs last in this module: no internal error, no stack trace, and neither the
