@@ -151,6 +151,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
 
     def _preflight() -> Response:
         resp = Response(status=204)
+        del resp.headers["Content-Type"]  # no content, so no type (Flask's default: text/html)
         resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         resp.headers["Access-Control-Allow-Headers"] = request.headers.get(
             "Access-Control-Request-Headers", "Authorization, Content-Type")

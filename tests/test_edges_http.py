@@ -52,6 +52,28 @@ def assert_still_serving(server) -> dict:
     return r.json()
 
 
+# --------------------------------------------------------------------------- CORS
+def test_preflight_has_no_content_and_no_content_type(server):
+    r = requests.options(server.url(SERVICE), timeout=10, headers={
+        "Origin": "https://ehr.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert r.status_code == 204 and r.content == b""
+    assert "Content-Type" not in r.headers, r.headers  # was text/html
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_error_bodies_are_readable_by_a_browser(server):
+    """A 4xx body is only readable cross-origin with Access-Control-Allow-Origin on it."""
+    for resp in (requests.post(server.url(SERVICE), data=b"{", timeout=10,
+                               headers={"Content-Type": "application/json",
+                                        "Origin": "https://ehr.example"}),
+                 requests.get(server.url("/cds-services/nope"), timeout=10,
+                              headers={"Origin": "https://ehr.example"})):
+        assert resp.status_code in (400, 404, 405)
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert resp.headers["Content-Type"] == "application/json"
+
+
 # --------------------------------------------------------------------------- report dates
 @pytest.mark.parametrize("params, expression", [
     ({"to": "9999-12-31"}, "to"),                       # the whole day ends past year 9999
