@@ -283,6 +283,41 @@ def test_access_token_that_cannot_travel_in_a_header_is_400(server, fhir, token)
     assert fhir.asked() == []
 
 
+# --------------------------------------------------------------------------- concurrency
+def test_concurrent_mixed_good_and_bad_requests(server):
+    """Bad requests of every kind above, interleaved with good ones on 8 connections:
+    each gets its own answer and no good request is disturbed."""
+    import concurrent.futures as cf
+    import gzip
+
+    good = json.dumps(example_request()).encode()
+    bad = [
+        (b"{", "application/json", {}, 400),
+        (gzip.compress(good), "application/json", {"Content-Encoding": "gzip"}, 415),
+        (with_surrogate(example_request(), ("hook",)), "application/json", {}, 400),
+        (good, "text/plain", {}, 415),
+        (b"[" * 50_000, "application/json", {}, 400),
+        (json.dumps({**example_request(), "context": []}).encode(), "application/json", {}, 400),
+        (json.dumps({**example_request(), "extension": {"pad": "x" * 70_000}}).encode(),
+         "application/json", {}, 413),
+    ]
+
+    def one(i: int) -> tuple[int, int]:
+        if i % 2 == 0:
+            r = requests.post(server.url(SERVICE), data=good, timeout=60,
+                              headers={"Content-Type": "application/json"})
+            return (200, r.status_code) if r.status_code != 200 or r.json()["cards"] else (200, -1)
+        data, ctype, extra, want = bad[i % len(bad)]
+        r = requests.post(server.url(SERVICE), data=data, timeout=60,
+                          headers={"Content-Type": ctype, **extra})
+        assert r.headers["Content-Type"] == "application/json"
+        return want, r.status_code
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(56)))
+    assert all(want == got for want, got in results), results
+
+
 # --------------------------------------------------------------------------- afterwards
 def test_after_all_of_the_above_the_log_is_clean(server):
     """Runs last in this module: no internal error, no stack trace, and neither the
