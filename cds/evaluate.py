@@ -162,12 +162,12 @@ def _vitamin_d_class(vd: Any, m: Measurement) -> tuple[Any, Any]:
     """(band, grade) the value lies in; (None, None) in no band; ("unknown", None) when a
     comparator value may lie in more than one band (e.g. "<25": deficient or insufficient?)."""
     for band in vd.bands:
-        relation = band.criterion.interval.relation(m.value, m.comparator)
+        relation = vd.relation(band.criterion.interval, m)
         if relation == "unknown":
             return "unknown", None
         if relation == "inside":
             for g in band.grades:
-                if g.criterion.interval.relation(m.value, m.comparator) == "inside":
+                if vd.relation(g.criterion.interval, m) == "inside":
                     return band, g
             return band, None
     return None, None

@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import math
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, validate,
@@ -124,6 +125,12 @@ class Interval:
         upper, upper_inc = (data["at_most"], True) if "at_most" in data else (data.get("below"), False)
         return cls(None if lower is None else float(lower), lower_inc,
                    None if upper is None else float(upper), upper_inc)
+
+    def mapped(self, table: Mapping[float, float]) -> "Interval":
+        """The same interval with each bound replaced by ``table[bound]`` (a cut-off as a
+        guideline states it in another unit); KeyError for a bound the table lacks."""
+        return Interval(None if self.lower is None else table[self.lower], self.lower_inclusive,
+                        None if self.upper is None else table[self.upper], self.upper_inclusive)
 
     def contains_point(self, x: float) -> bool:
         if self.lower is not None and (x < self.lower or (x == self.lower and not self.lower_inclusive)):
@@ -319,6 +326,9 @@ class VitaminDFileSchema(_Strict):
     supplement_medications = fields.List(fields.String(), required=True)
     regimen_min_age = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100))
     regimen_min_age_citation = fields.Nested(CitationRefSchema, required=True)
+    stated_equivalents = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1)),
+        values=fields.Dict(keys=fields.Float(), values=fields.Float()), load_default=dict)
     profiles = fields.Dict(keys=fields.String(), values=fields.Nested(VitaminDProfileSchema),
                            required=True, validate=validate.Length(min=1))
 
@@ -534,6 +544,17 @@ class VitaminDRules:
     supplement_medications: tuple[str, ...]
     regimen_min_age: int = 0
     regimen_age_citation: Criterion | None = None
+    #: unit (UCUM) → {canonical cut-off: the cut-off as the guideline states it in that unit}
+    stated_equivalents: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
+
+    def relation(self, interval: Interval, m: Any) -> str:
+        """Where result ``m`` lies against ``interval``: compared in the unit it was reported
+        in when the guideline states its cut-offs in that unit, else in the canonical unit."""
+        table = self.stated_equivalents.get(m.original_unit)
+        if table is not None and all(b in table for b in (interval.lower, interval.upper)
+                                     if b is not None):
+            return interval.mapped(table).relation(m.original_value, m.comparator)
+        return interval.relation(m.value, m.comparator)
 
 
 @dataclass(frozen=True)
@@ -674,6 +695,7 @@ def load_rules(config: Config, *, terminology: Any | None = None) -> Rules:
 
     vitamin_d = _build_vitamin_d(paths["vitamin_d"], _load(paths["vitamin_d"], VitaminDFileSchema()),
                                  config.vitamin_d_profile, citations)
+    vitamin_d = complete_stated_equivalents(paths["vitamin_d"], vitamin_d, terminology)
     bone = _build_bone(paths["bone"], _load(paths["bone"], BoneFileSchema()), citations)
     sarcopenia = _build_sarcopenia(paths["sarcopenia"], _load(paths["sarcopenia"], SarcopeniaFileSchema()),
                                    config.sarcopenia_profile, citations)
@@ -749,8 +771,36 @@ def _build_vitamin_d(path: Path, data: Mapping[str, Any], profile_name: str,
             supplement_medications=tuple(data["supplement_medications"]),
             regimen_min_age=data["regimen_min_age"],
             regimen_age_citation=_criterion(path, "regimen_min_age_citation", {}, citations,
-                                            data["regimen_min_age_citation"]))
+                                            data["regimen_min_age_citation"]),
+            stated_equivalents={unit: dict(table)
+                                for unit, table in data["stated_equivalents"].items()})
     return _select(path, built, profile_name, "MSKCDS_VITAMIN_D_PROFILE")
+
+
+def complete_stated_equivalents(path: Path, vitamin_d: VitaminDRules,
+                                terminology: Any) -> VitaminDRules:
+    """Check each stated equivalent against the exact unit conversion (within 1%: catches a
+    typo such as 25 for 250 nmol/L) and add the exact conversion for every cut-off the
+    guideline table does not state, so that changing one threshold needs one edit."""
+    if terminology is None or not vitamin_d.stated_equivalents:
+        return vitamin_d
+    bounds = {b for band in vitamin_d.bands
+              for iv in [band.criterion.interval] + [g.criterion.interval for g in band.grades]
+              for b in (iv.lower, iv.upper) if b is not None}
+    completed: dict[str, dict[float, float]] = {}
+    for unit, table in vitamin_d.stated_equivalents.items():
+        def exact(value: float) -> float:
+            try:
+                return terminology.convert(vitamin_d.kind, value, vitamin_d.unit, unit)
+            except KeyError:
+                raise RulesError(path, f"stated_equivalents.{unit}: not a unit accepted for "
+                                       f"{vitamin_d.kind} (units.yaml)") from None
+        for canonical, stated in table.items():
+            if abs(stated - exact(canonical)) > 0.01 * abs(exact(canonical)):
+                raise RulesError(path, f"stated_equivalents.{unit}.{canonical:g}: {stated:g} is "
+                                       f"not within 1% of the conversion ({exact(canonical):.1f})")
+        completed[unit] = {b: table.get(b, exact(b)) for b in bounds} | dict(table)
+    return dataclasses.replace(vitamin_d, stated_equivalents=completed)
 
 
 def _build_bone(path: Path, data: Mapping[str, Any], citations: Mapping[str, Citation]) -> BoneRules:

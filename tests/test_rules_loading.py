@@ -82,6 +82,31 @@ def test_threshold_change_in_a_copy_flips_the_outcome(rules_copy):
     assert [f.code for f in evaluate(facts, load(rules_copy))] == ["vitamin-d-deficiency"]
 
 
+def test_changed_threshold_without_a_stated_nmol_value_uses_the_exact_conversion(rules_copy):
+    """A cut-off the guideline table does not state in nmol/L is compared by exact conversion
+    (1 ng/mL = 2.496 nmol/L), so one edit changes the rule in both units."""
+    from cds.normalize import normalize
+
+    def obs(value):
+        return [{"resourceType": "Patient", "id": "p1"},
+                {"resourceType": "Observation", "id": "o1", "status": "final",
+                 "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-11-01",
+                 "code": {"coding": [{"system": "http://loinc.org", "code": "14635-7"}]},
+                 "valueQuantity": {"value": value, "unit": "nmol/L", "code": "nmol/L",
+                                   "system": "http://unitsofmeasure.org"}}]
+
+    def finding(rules, value):
+        return [f.code for f in evaluate(normalize(obs(value), "p1", rules, as_of=AS_OF), rules)]
+
+    assert finding(load(rules_copy), 55.0) == ["vitamin-d-insufficiency"]   # 20 ng/mL = 50 nmol/L
+    edit(rules_copy / "vitamin_d.yaml", lambda d: (
+        d["profiles"]["endocrine-society-2011"]["bands"][0].update(below=25),
+        d["profiles"]["endocrine-society-2011"]["bands"][1].update(at_least=25)))
+    rules = load(rules_copy)
+    assert finding(rules, 62.3) == ["vitamin-d-deficiency"]      # 24.96 ng/mL < 25
+    assert finding(rules, 62.5) == ["vitamin-d-insufficiency"]   # 25.04 ng/mL
+
+
 def test_card_wording_lives_in_rules(rules_copy):
     from cds.cards import build_cards
 
@@ -114,6 +139,10 @@ BROKEN = [
     ("vitamin_d.yaml", lambda d: d["profiles"]["endocrine-society-2011"]["bands"][0]["grades"][0].update(below=25),
      ["vitamin_d.yaml", "grades[0]", "not inside its band"]),
     ("vitamin_d.yaml", lambda d: d.pop("max_age_days"), ["vitamin_d.yaml", "max_age_days"]),
+    ("vitamin_d.yaml", lambda d: d["stated_equivalents"]["nmol/L"].update({100: 25}),
+     ["vitamin_d.yaml", "stated_equivalents.nmol/L.100", "not within 1%"]),
+    ("vitamin_d.yaml", lambda d: d["stated_equivalents"].update({"mg/dL": {20: 1}}),
+     ["vitamin_d.yaml", "stated_equivalents.mg/dL"]),
     ("bone.yaml", lambda d: d["t_score"]["osteoporosis"].update(above=-1.0),
      ["bone.yaml", "t_score.osteoporosis", "empty range"]),
     ("bone.yaml", lambda d: d["diagnostic_sites"].append("calcaneus"),

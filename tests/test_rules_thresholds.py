@@ -261,11 +261,14 @@ def _observation(code_system, code, value, unit, day, pid="p1"):
                               "code": unit}}
 
 
-# 1 ng/mL = 2.496 nmol/L (hand-converted): 20 ng/mL = 49.92 nmol/L, 30 = 74.88,
-# 100 = 249.6, 150 = 374.4, 12 = 29.95.
+# A result reported in nmol/L is compared with the cut-off as the guideline states it in nmol/L
+# (written by hand from issue 3 and Holick 2011 / IOM 2011, which state both units: deficiency
+# < 20 ng/mL (< 50 nmol/L), insufficiency up to 30 ng/mL (75 nmol/L), excess > 100 ng/mL
+# (> 250 nmol/L), critical >= 150 ng/mL (375 nmol/L), severe < 12 ng/mL (30 nmol/L)), not with
+# the exact conversion (1 ng/mL = 2.496 nmol/L would put the excess edge at 249.6 nmol/L).
 NMOL = [(49.9, "vitamin-d-deficiency"), (50.0, "vitamin-d-insufficiency"),
-        (74.8, "vitamin-d-insufficiency"), (74.9, None), (249.5, None),
-        (249.7, "vitamin-d-excess"), (29.9, "vitamin-d-deficiency")]
+        (74.9, "vitamin-d-insufficiency"), (75.0, None), (249.7, None), (250.0, None),
+        (250.1, "vitamin-d-excess"), (29.9, "vitamin-d-deficiency")]
 NGML = [(19.9, "vitamin-d-deficiency"), (20.0, "vitamin-d-insufficiency"), (30.0, None),
         (100.0, None), (100.1, "vitamin-d-excess")]
 
@@ -283,9 +286,23 @@ def test_vitamin_d_edges_through_normalize_in_both_units(rules_by_profile, value
     assert found == ([finding] if finding else []), (value, unit)
 
 
+@pytest.mark.parametrize("value,finding", [(29.9, "vitamin-d-deficiency"),
+                                           (30.0, "vitamin-d-insufficiency"),
+                                           (49.9, "vitamin-d-insufficiency"), (50.0, None),
+                                           (125.0, None), (125.1, "vitamin-d-excess")])
+def test_iom_edges_in_nmol(rules_by_profile, value, finding):
+    """IOM 2011 states its cut-offs in nmol/L: < 30 at risk of deficiency, 30-50 at risk of
+    inadequacy, > 125 potential for adverse effects (written by hand from the report)."""
+    rules = rules_by_profile(vitamin_d="iom-2011")
+    resources = [{"resourceType": "Patient", "id": "p1"},
+                 _observation("http://loinc.org", "14635-7", value, "nmol/L", "2026-11-01")]
+    found = [x.code for x in evaluate(normalize(resources, "p1", rules, as_of=AS_OF), rules)]
+    assert found == ([finding] if finding else []), value
+
+
 def test_critical_edge_in_nmol(rules_by_profile):
     rules = rules_by_profile()
-    for value, grade in ((374.0, None), (375.0, "critical")):   # 149.84 / 150.24 ng/mL
+    for value, grade in ((374.9, None), (375.0, "critical")):   # critical at >= 375 nmol/L
         resources = [{"resourceType": "Patient", "id": "p1"},
                      _observation("http://loinc.org", "14635-7", value, "nmol/L", "2026-11-01")]
         found = evaluate(normalize(resources, "p1", rules, as_of=AS_OF), rules)
