@@ -198,8 +198,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
             if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
                 headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
             return json_response(err.body(), status, headers)
+        if status >= 500 or status < 400:
+            # Not the client's fault (werkzeug's InternalServerError and the like): the same
+            # generic 500 as any other fault of ours, never werkzeug's text.
+            return _unexpected(exc)
         body = operation_outcome([Issue(exc.description or exc.name, code="invalid")])
-        return json_response(body, status if 400 <= status < 500 else 400)
+        return json_response(body, status)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -73,3 +73,21 @@ def test_missing_keys_without_fhir_server_is_412_naming_them(open_server):
     assert r.status_code == 412, r.text
     named = {e for i in r.json()["issue"] for e in i.get("expression", [])}
     assert {"prefetch.observations", "prefetch.conditions", "prefetch.medications"} <= named
+
+
+def test_a_werkzeug_5xx_is_a_generic_500_not_a_400_with_werkzeug_text(make_app):
+    """A server-side werkzeug HTTPException (ours, never the client's) gets the same generic
+    500 body as any other fault: not a 4xx, not werkzeug's wording."""
+    from flask import abort
+
+    app = make_app()
+    app.add_url_rule("/boom/<int:code>", "boom", lambda code: abort(code))
+    client = app.test_client()
+    for code in (500, 503):
+        r = client.get(f"/boom/{code}")
+        assert r.status_code == 500
+        body = r.get_json()
+        assert body["resourceType"] == "OperationOutcome"
+        assert body["issue"][0]["diagnostics"] == "Internal error in the CDS service."
+    r = client.get("/boom/418")          # a client-side code still speaks for itself
+    assert r.status_code == 418 and r.get_json()["resourceType"] == "OperationOutcome"
