@@ -360,6 +360,20 @@ def _build_prefetch(observation_keys: list[str]) -> dict[str, str]:
     }
 
 
+def _same_kinds(path: Path, section: str, declared: Mapping[str, Any],
+                entries: Mapping[str, Any], what: str) -> None:
+    """``entries`` (units, plausibility bounds) cover exactly the observation kinds declared in
+    valuesets.yaml: a kind without an entry, or an entry for no kind, names the field."""
+    for kind in declared:
+        if kind not in entries:
+            raise _problem(path, f"{section}.{kind}",
+                           f"no {what} for kind {kind!r} (declared in {VALUESETS_FILE})")
+    for kind in entries:
+        if kind not in declared:
+            raise _problem(path, f"{section}.{kind}",
+                           f"unknown kind {kind!r} (not in {VALUESETS_FILE} observations)")
+
+
 def load_terminology(rules_dir: Path) -> Terminology:
     rules_dir = Path(rules_dir)
     vs_path = rules_dir / VALUESETS_FILE
@@ -399,14 +413,8 @@ def load_terminology(rules_dir: Path) -> Terminology:
 
     # Units: every kind has an entry, every entry is a kind, citations resolve.
     units: dict[str, KindUnits] = {}
-    for kind in vs["observations"]:
-        if kind not in un["kinds"]:
-            raise _problem(units_path, f"kinds.{kind}",
-                           f"no unit entry for kind {kind!r} (declared in {VALUESETS_FILE})")
+    _same_kinds(units_path, "kinds", vs["observations"], un["kinds"], "unit entry")
     for kind, body in un["kinds"].items():
-        if kind not in vs["observations"]:
-            raise _problem(units_path, f"kinds.{kind}",
-                           f"unknown kind {kind!r} (not in {VALUESETS_FILE} observations)")
         accepted: dict[str, UnitRule] = {}
         for i, a in enumerate(body["accept"]):
             if a["cite"] not in un["citations"]:
@@ -418,14 +426,8 @@ def load_terminology(rules_dir: Path) -> Terminology:
 
     # Plausibility: every kind bounded, and nothing else.
     bounds: dict[str, Bounds] = {}
-    for kind in vs["observations"]:
-        if kind not in dq["plausible"]:
-            raise _problem(dq_path, f"plausible.{kind}",
-                           f"no plausibility bounds for kind {kind!r}")
+    _same_kinds(dq_path, "plausible", vs["observations"], dq["plausible"], "plausibility bounds")
     for kind, b in dq["plausible"].items():
-        if kind not in vs["observations"]:
-            raise _problem(dq_path, f"plausible.{kind}",
-                           f"unknown kind {kind!r} (not in {VALUESETS_FILE} observations)")
         bounds[kind] = Bounds(b["low"], b["high"], b["low_exclusive"], b["high_exclusive"])
 
     obs_q, cond_q, med_q = dq["observations"], dq["conditions"], dq["medications"]
