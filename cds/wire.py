@@ -111,8 +111,9 @@ class PatientViewContextSchema(Schema):
     encounterId = fields.String(validate=validate.Regexp(FHIR_ID, error="must be a bare FHIR id"))
 
 
-#: hook name → context schema. A service answers only the hook it declares.
-CONTEXT_SCHEMAS: dict[str, type[Schema]] = {"patient-view": PatientViewContextSchema}
+#: hook name → context schema (instances are reused: marshmallow 4 schemas keep no per-call
+#: state). A service answers only the hook it declares.
+CONTEXT_SCHEMAS: dict[str, Schema] = {"patient-view": PatientViewContextSchema()}
 
 
 class HookRequestSchema(Schema):
@@ -162,18 +163,18 @@ def load_hook_request(payload: Any, expected_hook: str) -> dict[str, Any]:
             raise BadRequest([_wrong_hook(expected_hook, hook), *exc.issues]) from None
         # Same hook: report the context's problems too, so one answer lists everything.
         context = payload.get("context") if isinstance(payload, Mapping) else None
-        schema_cls = CONTEXT_SCHEMAS.get(expected_hook)
-        if isinstance(context, Mapping) and schema_cls is not None:
-            more = schema_cls().validate(context)
+        context_schema = CONTEXT_SCHEMAS.get(expected_hook)
+        if isinstance(context, Mapping) and context_schema is not None:
+            more = context_schema.validate(context)
             if more:
                 raise BadRequest([*exc.issues, *flatten_errors(more, "context")]) from None
         raise
     if data["hook"] != expected_hook:
         raise BadRequest(_wrong_hook(expected_hook, data["hook"]))
-    schema_cls = CONTEXT_SCHEMAS.get(expected_hook)
-    if schema_cls is None:  # pragma: no cover - guarded by service registry
+    context_schema = CONTEXT_SCHEMAS.get(expected_hook)
+    if context_schema is None:  # pragma: no cover - guarded by service registry
         raise BadRequest(Issue(f"hook '{expected_hook}' is not supported", expression="hook"))
-    data["context"] = load_or_raise(schema_cls(), data["context"], prefix="context")
+    data["context"] = load_or_raise(context_schema, data["context"], prefix="context")
     data.setdefault("prefetch", {})
     return data
 
