@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Iterable
 
-from .facts import Finding, Measurement, PatientFacts
+from .facts import Finding, Measurement, PatientFacts, age_on
 from .rules import Criterion, Interval, Rules
 
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
@@ -67,10 +67,6 @@ def _unread_since(facts: PatientFacts, kind: str, day: date | None) -> bool:
     return last is not None and (day is None or last >= day)
 
 
-def _age_on(birth: date, day: date) -> int:
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
-
-
 def _any_condition(facts: PatientFacts, categories: Iterable[str]) -> bool:
     return any(facts.has_condition(c) for c in categories)
 
@@ -89,7 +85,7 @@ def _taking(facts: PatientFacts, categories: Iterable[str]) -> bool:
 def _known_age_at_least(facts: PatientFacts, years: int) -> bool:
     """The patient is certainly at least ``years`` old today (a full or partial birthDate)."""
     if facts.birth_date is not None:
-        return _age_on(facts.birth_date, facts.as_of) >= years
+        return age_on(facts.birth_date, facts.as_of) >= years
     span = facts.age_range
     return span is not None and span[0] >= years
 
@@ -195,7 +191,7 @@ def _bone(facts: PatientFacts, rules: Rules) -> Finding | None:
         return None   # a later scan could not be read: the usable one is not the most recent
     if dxa_day < facts.birth_date:
         return None   # a scan dated before birth: the date or the birthDate is wrong, no guess
-    age = _age_on(facts.birth_date, dxa_day)
+    age = age_on(facts.birth_date, dxa_day)
     flags: set[str] = set()
     if (facts.as_of - dxa_day).days > b.repeat_dxa_after_days:
         flags.add("dxa-old")

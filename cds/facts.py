@@ -13,6 +13,11 @@ from datetime import date, datetime
 from typing import Mapping
 
 
+def age_on(birth: date, day: date) -> int:
+    """Completed years of age on ``day`` for someone born on ``birth``."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
 @dataclass(frozen=True)
 class Measurement:
     kind: str                 # value-set name in rules/valuesets.yaml, e.g. "vitamin-d-25oh", "t-score"
@@ -78,18 +83,13 @@ class PatientFacts:
         """(youngest, oldest) possible age on ``as_of``; one value twice for a full birthDate."""
         if self.birth_date_range is None:
             return None
-        t = self.as_of
-
-        def years(b: date) -> int:
-            return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
-        return years(self.birth_date_range[1]), years(self.birth_date_range[0])
+        return age_on(self.birth_date_range[1], self.as_of), age_on(self.birth_date_range[0], self.as_of)
 
     @property
     def age(self) -> int | None:
         if self.birth_date is None:
             return None
-        b, t = self.birth_date, self.as_of
-        return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
+        return age_on(self.birth_date, self.as_of)
 
     def latest(self, kind: str) -> Measurement | None:
         values = self.measurements.get(kind)

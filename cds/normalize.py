@@ -63,7 +63,7 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from .facts import ConditionFact, Measurement, MedicationFact, PatientFacts
+from .facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
 from .terminology import ObservationCode, Terminology, load_terminology
 
 log = logging.getLogger("mskcds.normalize")
@@ -371,9 +371,6 @@ def _date_of(value: Any) -> date | None:
 
 
 # --------------------------------------------------------------------------- Patient
-def _years(born: date, on: date) -> int:
-    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
-
 
 def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts,
              term: Terminology) -> None:
@@ -387,7 +384,7 @@ def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts,
         facts.excluded.append("Patient: birthDate after today (not used)")
         span = None
     elif span is not None and term.max_age_years is not None and \
-            _years(span[0], facts.as_of) > term.max_age_years:
+            age_on(span[0], facts.as_of) > term.max_age_years:
         facts.excluded.append("Patient: birthDate gives an implausible age (not used)")
         span = None
     facts.birth_date_range = span
