@@ -18,7 +18,7 @@ import re
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, validate,
