@@ -22,11 +22,12 @@ token identifier. A cache that cannot be reached fails closed (the caller turns
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Protocol
+
+from .db import ProcessLocalEngine
 
 PURGE_EVERY_SECONDS = 60.0
 
@@ -85,50 +86,36 @@ class SqlReplayCache:
         self._table = Table("mskcds_jti", self._metadata,
                             Column("key", String(64), primary_key=True),
                             Column("expires_at", Float, nullable=False, index=True))
-        self._engine = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._engines = ProcessLocalEngine(self._build_engine)
         self._last_purge = 0.0
         try:
             if self.url.drivername.startswith("sqlite") \
                     and self.url.database not in (None, "", ":memory:"):
                 Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self._metadata.create_all(self._get_engine())
+            self._metadata.create_all(self._engines.get())
         except Exception as exc:  # the database URL is unusable: stop at start-up
             raise ReplayCacheError(f"replay cache {self.url.render_as_string(hide_password=True)} "
                                    f"cannot be opened: {exc.__class__.__name__}: {exc}") from None
         finally:
             # gunicorn --preload builds the app before forking: never carry connections
             # across a fork, each worker opens its own.
-            self._dispose()
+            self._engines.dispose()
 
-    def _dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-        self._engine, self._pid = None, None
-
-    def _get_engine(self):
+    def _build_engine(self):
         from sqlalchemy import create_engine, event
 
-        pid = os.getpid()
-        with self._lock:
-            if self._engine is None or self._pid != pid:
-                # One engine (and pool) per process: a pool is never shared across a fork.
-                if self.url.drivername.startswith("sqlite"):
-                    engine = create_engine(self.url, pool_size=4, max_overflow=4,
-                                           connect_args={"timeout": 10})
+        if self.url.drivername.startswith("sqlite"):
+            engine = create_engine(self.url, pool_size=4, max_overflow=4,
+                                   connect_args={"timeout": 10})
 
-                    @event.listens_for(engine, "connect")
-                    def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
-                        cur = dbapi_conn.cursor()
-                        cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
-                        cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
-                        cur.close()
-                else:
-                    engine = create_engine(self.url, pool_pre_ping=True, pool_size=2,
-                                           max_overflow=4)
-                self._engine, self._pid = engine, pid
-            return self._engine
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
+                cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
+                cur.close()
+            return engine
+        return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
 
     def _upsert(self, key: str, expires_at: float, now: float):
         """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""
@@ -152,7 +139,7 @@ class SqlReplayCache:
         table = self._table
         now = self._clock()
         try:
-            engine = self._get_engine()
+            engine = self._engines.get()
             upsert = self._upsert(key, expires_at, now)
             with engine.begin() as conn:  # one short transaction per token
                 if now - self._last_purge > PURGE_EVERY_SECONDS:
@@ -174,7 +161,7 @@ class SqlReplayCache:
     def count(self) -> int:
         from sqlalchemy import func, select
 
-        with self._get_engine().connect() as conn:
+        with self._engines.get().connect() as conn:
             return int(conn.execute(select(func.count()).select_from(self._table)).scalar_one())
 
 

@@ -34,9 +34,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -52,6 +50,7 @@ from sqlalchemy.types import TypeDecorator
 
 from . import wire
 from .config import Config, ConfigError
+from .db import ProcessLocalEngine
 from .errors import BadRequest, Issue, ServiceError
 
 log = logging.getLogger("mskcds.storage")
@@ -333,31 +332,15 @@ class SqlStore:
     def __init__(self, url: str, *, unknown_card: str = "reject"):
         self.url = url
         self.unknown_card = unknown_card
-        self._engine: Engine | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._engines = ProcessLocalEngine(lambda: build_engine(url))
 
     # ------------------------------------------------------------- engine per process
     @property
     def engine(self) -> Engine:
-        pid = os.getpid()
-        if self._engine is None or self._pid != pid:
-            with self._lock:
-                if self._engine is None or self._pid != pid:
-                    if self._engine is not None:
-                        # Inherited across fork: drop the pool without touching the
-                        # parent's connections.
-                        self._engine.dispose(close=False)
-                    self._engine = build_engine(self.url)
-                    self._pid = pid
-        return self._engine
+        return self._engines.get()
 
     def dispose(self) -> None:
-        with self._lock:
-            if self._engine is not None and self._pid == os.getpid():
-                self._engine.dispose()
-            self._engine = None
-            self._pid = None
+        self._engines.dispose()
 
     @contextlib.contextmanager
     def _transaction(self, **options: Any) -> Iterator[Connection]:
