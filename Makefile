@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 WORKERS ?= 2
 
-.PHONY: run test venv bench clean
+.PHONY: run test check venv bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -26,6 +26,10 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop: unit tests only (no server processes).
+check: venv
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_service.py

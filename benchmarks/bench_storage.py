@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cds import wire  # noqa: E402
 from cds.config import Config  # noqa: E402
 from cds import storage  # noqa: E402
-from cds.storage import open_store  # noqa: E402
+from cds.store.storage import open_store  # noqa: E402
 
 
 def card(i: int) -> dict:

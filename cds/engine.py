@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Collection, Iterable, Mapping
 
-from . import cards as cards_mod
-from . import evaluate as evaluate_mod
-from . import gather as gather_mod
-from . import normalize as normalize_mod
-from . import wire
-from .config import Config
-from .errors import BadRequest, Issue, NotFound
-from .rules import Rules, load_rules
+from cds.cards import builder as cards_mod
+from cds.clinical import evaluate as evaluate_mod
+from cds.fhir import gather as gather_mod
+from cds.fhir import normalize as normalize_mod
+from cds.hooks import wire
+from cds.config import Config
+from cds.errors import BadRequest, Issue, NotFound
+from cds.knowledge.rules import Rules, load_rules
 
 log = logging.getLogger("mskcds.engine")
 

@@ -1,9 +1,9 @@
 """WSGI entry point for gunicorn: ``gunicorn cds.wsgi:application`` (config from MSKCDS_* env)."""
 import sys
 
-from . import create_app
-from .config import ConfigError
-from .rules import RulesError
+from cds import create_app
+from cds.config import ConfigError
+from cds.knowledge.rules import RulesError
 
 try:
     application = create_app()

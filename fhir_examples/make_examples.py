@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cds.terminology import load_terminology  # noqa: E402
+from cds.knowledge.terminology import load_terminology  # noqa: E402
 
 ANCHOR = date(2026, 11, 22)
 UCUM = "http://unitsofmeasure.org"

@@ -138,3 +138,14 @@ def make_app(tmp_path: Path):
         return create_app(base)
 
     return factory
+
+
+_HTTP_DIR = Path(__file__).resolve().parent / "http"
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Everything under tests/http/ talks to real server processes: it is `slow`, and
+    `make check` (the fast loop) leaves it out."""
+    for item in items:
+        if _HTTP_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

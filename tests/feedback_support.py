@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cds import wire
+from cds.hooks import wire
 
 POSTGRES_ENV = "MSKCDS_TEST_POSTGRES_URL"
 TOPIC_SYSTEM = "https://example.org/mskcds-test/finding"  # test-only topic system

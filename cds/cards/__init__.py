@@ -1,0 +1,1 @@
+"""The one card builder: findings → CDS Hooks cards and suggestions."""

@@ -1,0 +1,1 @@
+"""The ``mskcds`` command line."""

@@ -1,0 +1,1 @@
+"""FHIR in: gather (prefetch, or the FHIR server within budgets) and normalize (resources → facts)."""

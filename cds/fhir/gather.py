@@ -1,0 +1,452 @@
+"""Prefetch and FHIR-server fallback: turn a hook request into the FHIR resources the service needs.
+
+For every prefetch key the service declares (its *templates*):
+
+* the client sent a resource or a searchset Bundle → use it (a Bundle with a ``next``
+  link is read to the end, on the client's FHIR server only);
+* the client sent ``null`` → the client says there is no data; nothing is fetched;
+* the client sent an OperationOutcome, a resource of the wrong type, or nothing at all
+  → the template is rendered and fetched from ``fhirServer`` with the
+  ``fhirAuthorization`` bearer token (CDS Hooks 2.0, "Prefetch" and "FHIR Resource Access").
+
+Independent fetches run concurrently in a small thread pool, every HTTP call has
+connect/read timeouts, and the whole gathering step has one time budget. Anything
+that cannot be had (no fhirServer, an unresolvable template token, an error or
+timeout, a wrong answer) makes the call fail with 412 (``PrefetchUnavailable``)
+naming the keys; the service never answers on part of the data.
+
+Security rules kept here: no request ever leaves for a URL outside the
+``fhirServer`` base (same scheme, host, port and path prefix) — not a redirect,
+not a ``next`` link; the token is sent only there, never logged, never stored
+beyond the call. Nothing here logs URLs (they carry the patient id).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import http.cookiejar
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cds.config import Config
+from cds.errors import PrefetchUnavailable
+
+log = logging.getLogger("mskcds.gather")
+
+TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+FHIR_JSON = "application/fhir+json"
+#: An answer larger than this is not read to the end (protects the worker's memory).
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+MAX_REDIRECTS = 3
+#: ``{{userXxxId}}`` tokens: the resource type ``context.userId`` must name.
+USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "PractitionerRole",
+               "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}
+
+
+class Unavailable(Exception):
+    """One key cannot be satisfied; the message (never a URL or token) says why."""
+
+
+@dataclass
+class Gathered:
+    """The resources per prefetch key, and where each key's data came from."""
+
+    by_key: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: key → "prefetch" (sent by the client), "null" (client said: no data) or "fhir" (fetched)
+    source: dict[str, str] = field(default_factory=dict)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return [r for items in self.by_key.values() for r in items]
+
+
+# --------------------------------------------------------------------------- session
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """A shared session must not carry one client's cookies into another's call."""
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:  # pragma: no cover - trivial
+        return False
+
+    def return_ok(self, cookie: Any, request: Any) -> bool:  # pragma: no cover - trivial
+        return False
+
+
+def make_session(config: Config) -> requests.Session:
+    """One pooled session per Engine (shared by its threads): no cookies, no retries,
+    nothing from the environment (proxies, .netrc credentials)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.cookies.set_policy(_NoCookies())
+    pool = max(4, config.fhir_max_workers * 2)
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# --------------------------------------------------------------------------- templates
+@dataclass(frozen=True)
+class Template:
+    key: str
+    text: str
+
+    @property
+    def resource_type(self) -> str:
+        return re.split(r"[/?]", self.text, maxsplit=1)[0]
+
+    @property
+    def is_read(self) -> bool:
+        """``Type/{{id}}`` (a read) rather than ``Type?params`` (a search)."""
+        return "?" not in self.text and "/" in self.text
+
+
+def _token_value(token: str, context: Mapping[str, Any]) -> str | None:
+    if token.startswith("context."):
+        value = context.get(token[len("context."):])
+        if isinstance(value, str) and value:
+            return quote(value, safe="")
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return ",".join(quote(v, safe="") for v in value)
+        return None
+    if token in USER_TOKENS:
+        user = context.get("userId")
+        prefix = USER_TOKENS[token] + "/"
+        if isinstance(user, str) and user.startswith(prefix) and len(user) > len(prefix):
+            return quote(user[len(prefix):], safe="")
+        return None
+    return None
+
+
+def render(template: str, context: Mapping[str, Any]) -> str:
+    """Replace the CDS Hooks 2.0 prefetch tokens; values are URL-encoded.
+
+    Raises Unavailable when a token cannot be resolved from the context.
+    """
+    def sub(match: re.Match[str]) -> str:
+        value = _token_value(match.group(1), context)
+        if value is None:
+            raise Unavailable(f"the prefetch template token {{{{{match.group(1)}}}}} "
+                              f"cannot be resolved from this request's context")
+        return value
+
+    return TOKEN.sub(sub, template)
+
+
+# --------------------------------------------------------------------------- origin rules
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def within_base(url: str, base: str) -> bool:
+    """True when ``url`` is on the FHIR server ``base``: same scheme, host and port,
+    and its path at or under the base path."""
+    # No credentials in the URL, no backslashes or whitespace: parsers disagree on them.
+    if any(c in url for c in "\\ \t\r\n") or any(ord(c) < 32 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            return False
+        if _origin(url) != _origin(base):
+            return False
+        path = parts.path
+    except ValueError:
+        return False
+    base_path = urlsplit(base).path.rstrip("/")
+    # Dot segments, also percent-encoded ("%2e%2e", RFC 3986 2.3: the same as "..") or
+    # with a path parameter ("..;x", which servlet containers read as ".."): a server
+    # that decodes and normalises them would serve a path outside the base.
+    segments = unquote(path).replace("\\", "/").split("/")
+    if any(seg.split(";", 1)[0] in (".", "..") for seg in segments):
+        return False
+    return path == base_path or path.startswith(base_path + "/")
+
+
+def _join(base: str, reference: str) -> str:
+    """``urljoin``, with a URL it cannot parse (``http://[bad``: ValueError) refused as a
+    reason for 412 rather than falling through to the internal-error path."""
+    try:
+        return urljoin(base, reference)
+    except ValueError:
+        raise Unavailable("the FHIR server gave a URL that cannot be parsed; not followed") from None
+
+
+# --------------------------------------------------------------------------- content rules
+def bundle_resources(bundle: Mapping[str, Any], expected_type: str | None) -> list[dict[str, Any]]:
+    """Resources of a searchset Bundle: entries without a resource are dropped,
+    ``search.mode: outcome`` entries dropped, ``include`` entries kept; ``match``
+    entries (or unmarked ones) must be ``expected_type`` (others are dropped)."""
+    out: list[dict[str, Any]] = []
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return out
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            continue
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, Mapping) else None
+        if mode == "outcome":
+            continue
+        if mode == "include":
+            out.append(resource)
+            continue
+        if expected_type is None or resource["resourceType"] == expected_type:
+            out.append(resource)
+    return out
+
+
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            url = link.get("url")
+            if isinstance(url, str) and url.strip():
+                return url.strip()
+    return None
+
+
+# --------------------------------------------------------------------------- fetching
+class _Fetcher:
+    """HTTP GETs against one request's fhirServer, within one deadline."""
+
+    def __init__(self, base: str, token: str | None, config: Config,
+                 session: requests.Session, deadline: float):
+        self.base = base.rstrip("/")
+        self._headers = {"Accept": FHIR_JSON}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.config = config
+        self.session = session
+        self.deadline = deadline
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def get_json(self, url: str) -> Any:
+        for _ in range(MAX_REDIRECTS + 1):
+            if not within_base(url, self.base):
+                raise Unavailable("a URL outside fhirServer was not followed")
+            left = self.remaining()
+            if left <= 0:
+                raise Unavailable("the time budget for the FHIR server ran out")
+            timeout = (min(self.config.fhir_connect_timeout, left),
+                       min(self.config.fhir_read_timeout, left))
+            try:
+                resp = self.session.get(url, headers=self._headers, timeout=timeout,
+                                        allow_redirects=False, stream=True)
+            except requests.Timeout:
+                raise Unavailable("the FHIR server did not answer in time") from None
+            except requests.RequestException as exc:
+                raise Unavailable(f"the FHIR server could not be reached "
+                                  f"({exc.__class__.__name__})") from None
+            except ValueError:
+                # Even with allow_redirects=False, requests parses a Location header to
+                # offer resp.next, and raises ValueError on one like "http://[::1/x".
+                raise Unavailable("the request to the FHIR server or its answer could not "
+                                  "be parsed (e.g. a malformed Location header)") from None
+            try:
+                if resp.is_redirect:
+                    location = resp.headers.get("Location", "")
+                    url = _join(url, location)
+                    if not within_base(url, self.base):
+                        raise Unavailable("the FHIR server redirected outside fhirServer; "
+                                          "the redirect was not followed")
+                    continue
+                if resp.status_code == 404:
+                    raise Unavailable("the FHIR server answered 404 (not found)")
+                if resp.status_code in (401, 403):
+                    raise Unavailable(f"the FHIR server refused access ({resp.status_code})")
+                if resp.status_code != 200:
+                    raise Unavailable(f"the FHIR server answered HTTP {resp.status_code}")
+                body = self._read(resp)
+            finally:
+                resp.close()
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise Unavailable("the FHIR server's answer is not JSON") from None
+            except RecursionError:  # not our bug: no "fetch failed unexpectedly" error line
+                raise Unavailable("the FHIR server's answer is nested too deeply") from None
+        raise Unavailable("too many redirects from the FHIR server")
+
+    def _read(self, resp: requests.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in resp.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise Unavailable("the FHIR server's answer is too large")
+                if self.remaining() <= 0:
+                    raise Unavailable("the time budget for the FHIR server ran out")
+                chunks.append(chunk)
+        except requests.Timeout:
+            raise Unavailable("the FHIR server did not answer in time") from None
+        except requests.RequestException as exc:
+            raise Unavailable(f"reading the FHIR server's answer failed "
+                              f"({exc.__class__.__name__})") from None
+        return b"".join(chunks)
+
+    def read(self, template: Template, rendered: str) -> list[dict[str, Any]]:
+        doc = self.get_json(f"{self.base}/{rendered.lstrip('/')}")
+        expected_id = rendered.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if not isinstance(doc, dict) or doc.get("resourceType") != template.resource_type:
+            raise Unavailable(f"the FHIR server returned something other than a "
+                              f"{template.resource_type}")
+        if doc.get("id") is not None and quote(str(doc["id"]), safe="") != expected_id:
+            raise Unavailable(f"the FHIR server returned a different {template.resource_type}")
+        return [doc]
+
+    def search(self, template: Template, first: Mapping[str, Any] | None,
+               rendered: str | None) -> list[dict[str, Any]]:
+        """All pages of a search. ``first``: a page the client already sent (then
+        only its ``next`` links are fetched); else ``rendered`` is fetched."""
+        pages = 0
+        out: list[dict[str, Any]] = []
+        page: Any = first
+        current = self.base + "/"
+        if page is None:
+            assert rendered is not None
+            current = f"{self.base}/{rendered.lstrip('/')}"
+            page = self.get_json(current)
+        while True:
+            pages += 1
+            if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+                raise Unavailable("the FHIR server returned something other than a Bundle")
+            out.extend(bundle_resources(page, template.resource_type))
+            url = next_link(page)
+            if url is None:
+                return out
+            url = _join(current, url)  # FHIR next links are absolute; tolerate relative ones
+            if pages >= self.config.fhir_max_pages:
+                raise Unavailable(f"the search has more than {self.config.fhir_max_pages} "
+                                  f"pages (MSKCDS_FHIR_MAX_PAGES)")
+            if not within_base(url, self.base):
+                raise Unavailable("the next page link points outside fhirServer; not followed")
+            current = url
+            page = self.get_json(url)
+
+
+# --------------------------------------------------------------------------- gather
+def _usable_prefetch(template: Template, value: Mapping[str, Any],
+                     context: Mapping[str, Any]) -> bool:
+    """Is a client-sent value usable for ``template``? OperationOutcomes and wrong
+    resource types are not (the key is then fetched as if absent)."""
+    rtype = value.get("resourceType")
+    if rtype == "OperationOutcome":
+        return False
+    if template.is_read:
+        if rtype != template.resource_type:
+            return False
+        try:
+            rendered = render(template.text, context)
+        except Unavailable:
+            return True  # cannot check the id; the type is right
+        expected_id = rendered.rstrip("/").rsplit("/", 1)[-1]
+        return value.get("id") is None or quote(str(value["id"]), safe="") == expected_id
+    return rtype in ("Bundle", template.resource_type)
+
+
+def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: Config,
+           session: Any = None) -> Gathered:
+    """Resources for every key in ``templates``; raises PrefetchUnavailable (412)."""
+    started = time.monotonic()
+    deadline = started + config.fhir_total_budget
+    context = request.get("context") or {}
+    prefetch = request.get("prefetch") or {}
+    fhir_server = request.get("fhirServer")
+    auth = request.get("fhirAuthorization")
+    token = auth.get("access_token") if isinstance(auth, Mapping) else None
+
+    out = Gathered()
+    unavailable: dict[str, str] = {}
+    jobs: dict[str, tuple[Template, Mapping[str, Any] | None, str | None]] = {}
+
+    for key, text in templates.items():
+        template = Template(key, text)
+        if key in prefetch:
+            value = prefetch[key]
+            if value is None:
+                out.by_key[key], out.source[key] = [], "null"
+                continue
+            if isinstance(value, Mapping) and _usable_prefetch(template, value, context):
+                if value.get("resourceType") == "Bundle":
+                    if next_link(value) is None:
+                        out.by_key[key] = bundle_resources(value, template.resource_type)
+                        out.source[key] = "prefetch"
+                    else:
+                        jobs[key] = (template, value, None)  # read the remaining pages
+                else:
+                    out.by_key[key], out.source[key] = [dict(value)], "prefetch"
+                continue
+        try:
+            rendered = render(text, context)
+        except Unavailable as exc:
+            unavailable[key] = str(exc)
+            continue
+        jobs[key] = (template, None, rendered)
+
+    if jobs and not fhir_server:
+        for key, (_, first, _) in jobs.items():
+            unavailable[key] = ("the client sent a paged Bundle but no fhirServer to read the "
+                                "other pages from" if first is not None else
+                                "the request has no fhirServer to fetch it from")
+        jobs = {}
+
+    if jobs:
+        own_session = session is None
+        http = session if session is not None else make_session(config)
+        fetcher = _Fetcher(str(fhir_server), token, config, http, deadline)
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, min(config.fhir_max_workers, len(jobs))),
+                                     thread_name_prefix="mskcds-fhir")
+        futures: dict[cf.Future, str] = {}
+        try:
+            for key, (template, first, rendered) in jobs.items():
+                if template.is_read:
+                    futures[pool.submit(fetcher.read, template, rendered)] = key
+                else:
+                    futures[pool.submit(fetcher.search, template, first, rendered)] = key
+            done, pending = cf.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            for fut in done:
+                key = futures[fut]
+                try:
+                    out.by_key[key] = fut.result()
+                    out.source[key] = "fhir"
+                except Unavailable as exc:
+                    unavailable[key] = str(exc)
+                except Exception as exc:  # a bug of ours must not leak details
+                    log.error("fetch failed unexpectedly: %s", exc.__class__.__name__)
+                    unavailable[key] = "fetching failed"
+            for fut in pending:
+                fut.cancel()
+                unavailable[futures[fut]] = "the time budget for the FHIR server ran out"
+        finally:
+            # Never wait for a straggler: its own timeouts end it shortly.
+            pool.shutdown(wait=False, cancel_futures=True)
+            if own_session and all(f.done() for f in futures):
+                http.close()
+        log.info("fhir fetch", extra={"fields": {
+            "keys_fetched": sorted(k for k in jobs if out.source.get(k) == "fhir"),
+            "keys_failed": sorted(k for k in jobs if k in unavailable),
+            "fetch_ms": round((time.monotonic() - started) * 1000, 1)}})
+
+    if unavailable:
+        raise PrefetchUnavailable(unavailable)
+    # Same order whichever way each key was satisfied (stable output for equal input).
+    out.by_key = {k: out.by_key[k] for k in templates if k in out.by_key}
+    return out
+

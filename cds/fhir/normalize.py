@@ -1,0 +1,662 @@
+"""FHIR R4 resources → ``PatientFacts`` (typed, unit-converted, trusted).
+
+What becomes a fact (every rule here is data in rules/ where it is knowledge):
+
+- Only Patient, Observation, Condition, MedicationRequest and
+  MedicationStatement are read; other resource types are ignored.
+- Never a fact from another patient: a resource whose subject is not
+  ``Patient/<id>`` (or an absolute URL ending in ``/Patient/<id>``, optionally
+  ``/_history/<v>``) is dropped, as is a Patient whose id is not the patient
+  in context. Unresolvable references (``urn:uuid:``, contained, missing) are
+  dropped too, and so is an Observation whose ``focus`` is anyone or anything
+  else (a fetus, a donor).
+- Observations: code looked up in valuesets.yaml (the code and each component
+  code; several codings that mean the same kind are one measurement, codings
+  that mean different kinds or sites are a contradiction and the value is
+  dropped); status in data_quality.yaml ``accepted_status``; date from
+  ``effectiveDateTime`` (or ``effectiveInstant``), else ``effectivePeriod.end``,
+  else ``issued`` (partial dates → the first instant they can mean, so a
+  "2025-11" result is never treated as more recent than it may be; naive
+  times → UTC; later than today + tolerance → dropped); ``valueQuantity`` unit
+  matched on its UCUM ``code`` (or on ``unit`` when no code is sent and it is
+  exactly an accepted UCUM code) and converted with units.yaml; value inside
+  data_quality.yaml plausibility bounds; comparator kept.
+- Conditions: clinicalStatus accepted (or absent), no abatement[x] (FHIR con-4),
+  verificationStatus not excluded; each category the codes map to is one
+  ConditionFact. Conditions outside the value sets are skipped without a note
+  (the Condition search is unfiltered).
+- MedicationRequest/MedicationStatement: status not excluded; the medication
+  concept (inline, contained or a Medication resource in the input) matched on
+  code, else on the value set's text keywords; status and "current" recorded.
+- Each resource that would become a fact is validated with
+  ``fhir.resources.R4B`` before it is used: only the elements normalize reads
+  are validated (a bad ``performer`` does not hide a good result, and it keeps
+  validation to ~100-250 µs per resource). Invalid → excluded, never an error.
+- ``excluded`` gets one short reason per dropped resource, with no ids and no
+  values.
+
+Birth dates: a full date sets ``birth_date``; a partial one (``YYYY`` or
+``YYYY-MM``) leaves ``birth_date`` None (age unknown, so age rules do not fire
+on a guess) and sets ``birth_date_range`` to the first and last day it can
+mean, from which ``PatientFacts.age_range`` gives the possible ages.
+"""
+from __future__ import annotations
+
+import calendar
+import hashlib
+import logging
+import math
+import re
+from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.condition import Condition as FhirCondition
+from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement as FhirMedicationStatement
+from fhir.resources.R4B.observation import Observation as FhirObservation
+from fhir.resources.R4B.observation import ObservationComponent
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from fhir.resources.R4B.quantity import Quantity
+from fhir.resources.R4B.reference import Reference
+
+from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
+from cds.knowledge.terminology import ObservationCode, Terminology, load_terminology
+
+log = logging.getLogger("mskcds.normalize")
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement")
+_MODELS = {"Observation": FhirObservation, "Patient": FhirPatient, "Condition": FhirCondition,
+           "MedicationRequest": FhirMedicationRequest,
+           "MedicationStatement": FhirMedicationStatement}
+# The elements normalize reads, per type (validated; other elements are not used).
+# Observations are validated element by element (_validate_observation).
+_USED = {
+    "Patient": ("resourceType", "id", "gender", "birthDate"),
+    "Condition": ("resourceType", "id", "subject", "code", "clinicalStatus",
+                  "verificationStatus", "onsetDateTime", "onsetPeriod"),
+    "MedicationRequest": ("resourceType", "id", "status", "intent", "subject",
+                          "medicationCodeableConcept",
+                          "medicationReference", "authoredOn"),
+    "MedicationStatement": ("resourceType", "id", "status", "subject",
+                            "medicationCodeableConcept", "medicationReference",
+                            "effectiveDateTime", "effectivePeriod", "dateAsserted"),
+}
+
+_DATETIME = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+_OBS_STATUS = frozenset({"registered", "preliminary", "final", "amended", "corrected",
+                         "cancelled", "entered-in-error", "unknown"})   # FHIR R4 ObservationStatus
+_UNIT_SHOWN = re.compile(r"^[A-Za-z0-9_\[\]{}/.\-*^%']{1,24}$")  # UCUM-like: safe to name in a reason
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+class _Drop(Exception):
+    """A resource (or one value in it) is not used; the message is the reason (no patient data).
+    ``kinds``: for this patient's own results, the observation kinds that were lost."""
+
+    kinds: list[str] = []
+    when: datetime | None = None   # the result's date, when it had one
+
+
+# --------------------------------------------------------------------------- entry point
+def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: Any,
+              as_of: date) -> PatientFacts:
+    term = terminology_of(rules)
+    facts = PatientFacts(patient_id=patient_id, as_of=as_of)
+    items = [r for r in resources if isinstance(r, Mapping)]
+    medications = {f"Medication/{r.get('id')}": r for r in items
+                   if r.get("resourceType") == "Medication" and r.get("id")}
+    latest_day = as_of + timedelta(days=term.future_tolerance_days)
+    seen: set[tuple[str, str]] = set()
+    patient_seen = False
+    measurements: dict[str, list[Measurement]] = {}
+
+    for res in items:
+        rtype = _text(res.get("resourceType"))
+        if rtype not in _MODELS:
+            continue
+        rid = res.get("id") if isinstance(res.get("id"), str) else None
+        if rid is not None:
+            if (rtype, rid) in seen:
+                continue  # the same resource twice (e.g. in two prefetch keys)
+            seen.add((rtype, rid))
+        try:
+            if rtype == "Observation":
+                try:
+                    found = _observation(res, patient_id, term, latest_day)
+                except _PartialDrop as part:   # some values kept, others dropped
+                    found = part.kept
+                    facts.excluded.append(f"{rtype}: {part}")
+                    _count_unusable(facts, part.kinds, part.when)
+                for m in found:
+                    measurements.setdefault(m.kind, []).append(m)
+            elif rtype == "Patient":
+                if patient_seen and rid == patient_id:
+                    continue
+                _patient(res, patient_id, facts, term)
+                patient_seen = True
+            elif rtype == "Condition":
+                for c in _condition(res, patient_id, term):
+                    facts.conditions.setdefault(c.category, []).append(c)
+            else:
+                for m in _medication(res, rtype, patient_id, term, medications):
+                    facts.medications.setdefault(m.category, []).append(m)
+        except _Drop as why:
+            facts.excluded.append(f"{rtype}: {why}")
+            _count_unusable(facts, why.kinds, why.when)
+        except Exception:  # malformed beyond what the checks foresee: excluded, never a 5xx
+            log.warning("normalize: %s could not be read", rtype, exc_info=False)
+            facts.excluded.append(f"{rtype}: could not be read")
+
+    for kind, values in measurements.items():
+        values.sort(key=_when, reverse=True)   # newest first; stable for equal dates
+    facts.measurements = measurements
+    return facts
+
+
+def _count_unusable(facts: PatientFacts, kinds: list[str], when: datetime | None = None) -> None:
+    for kind in kinds:
+        facts.unusable[kind] = facts.unusable.get(kind, 0) + 1
+        if when is not None:
+            day = when.date()
+            if day > facts.unusable_latest.get(kind, day - timedelta(days=1)):
+                facts.unusable_latest[kind] = day
+
+
+def _text(value: Any) -> str | None:
+    """A JSON string, else None (keeps lists/dicts out of set look-ups)."""
+    return value if isinstance(value, str) else None
+
+
+def _when(m: Measurement) -> datetime:
+    return m.when
+
+
+def terminology_of(rules: Any) -> Terminology:
+    """The loaded Terminology: ``rules`` itself, ``rules.terminology``, or (until the Rules
+    object carries one) loaded once per rules directory and cached — never per request."""
+    if isinstance(rules, Terminology):
+        return rules
+    term = getattr(rules, "terminology", None)
+    if isinstance(term, Terminology):
+        return term
+    source = getattr(rules, "source_dir", None)
+    if source is None:
+        raise TypeError("normalize needs a Terminology or a Rules object with .terminology")
+    return _cached_terminology(str(Path(source).resolve()))
+
+
+@lru_cache(maxsize=8)
+def _cached_terminology(rules_dir: str) -> Terminology:
+    return load_terminology(Path(rules_dir))
+
+
+# --------------------------------------------------------------------------- helpers
+def _is_patient(ref: Any, patient_id: str) -> bool:
+    if not isinstance(ref, Mapping):
+        return False
+    value = ref.get("reference")
+    if not isinstance(value, str):
+        return False
+    cut = value.find("/_history/")
+    if cut >= 0:
+        value = value[:cut]
+    local = "Patient/" + patient_id
+    return value == local or value.endswith("/" + local)
+
+
+def _check_subject(res: Mapping[str, Any], patient_id: str) -> None:
+    if not _is_patient(res.get("subject"), patient_id):
+        raise _Drop("subject is not the patient in context")
+
+
+# Validation outcomes by a digest of the validated elements: patient-view fires each time a
+# chart is opened, mostly with the same resources, and R4B validation is ~100-300 µs per
+# resource. Only 16-byte digests and reason strings (no patient data) are kept; bounded.
+_VALIDATED: dict[bytes, str] = {}
+_VALIDATED_MAX = 50_000
+
+
+def _validate(res: Mapping[str, Any], rtype: str, checked: tuple[str, ...] = ()) -> None:
+    """R4B-validate the elements normalize reads, except ``checked`` ones it parsed itself."""
+    _validated(_MODELS[rtype], {k: res[k] for k in _USED[rtype] if k in res and k not in checked})
+
+
+def _validate_observation(res: Mapping[str, Any]) -> None:
+    """R4B-validate what normalize reads from an Observation, element by element.
+
+    The same as validating the trimmed resource with the Observation model, at a
+    fraction of the cost: the code, subject and component elements repeat across
+    resources and requests (same LOINC codings, same patient reference), so their
+    cached outcomes are reused even for a patient seen for the first time.
+    Resource-level rules the element models cannot see are checked here: at most
+    one value[x] and one effective[x], a valid id; status and dates are checked
+    by normalize itself (status against data_quality.yaml, a subset of the R4 codes).
+    """
+    rid = res.get("id")
+    if rid is not None and not (isinstance(rid, str) and _FHIR_ID.match(rid)):
+        raise _Drop("not valid FHIR R4 (id)")
+    if sum(1 for k in res if k.startswith("value")) > 1:
+        raise _Drop("not valid FHIR R4 (value[x]: more than one)")
+    if sum(1 for k in res if k.startswith("effective")) > 1:
+        raise _Drop("not valid FHIR R4 (effective[x]: more than one)")
+    _validated(CodeableConcept, res.get("code"), "code")
+    _validated(Reference, res.get("subject"), "subject")
+    if "valueQuantity" in res:
+        _validated(Quantity, res["valueQuantity"], "valueQuantity")
+    components = res.get("component")
+    if components is not None:
+        if not isinstance(components, list):
+            raise _Drop("not valid FHIR R4 (component)")
+        for comp in components:
+            _validated(ObservationComponent, comp, "component")
+
+
+# Validation outcomes by a digest of what was validated: patient-view fires each time a chart
+# is opened, mostly with the same resources, and R4B model validation costs ~100-300 µs per
+# resource. Only 16-byte digests and reason strings (no patient data) are kept; bounded.
+_VALIDATED: dict[bytes, str] = {}
+_VALIDATED_MAX = 50_000
+
+
+def _validated(model: Any, value: Any, prefix: str = "") -> None:
+    try:
+        key: bytes | None = hashlib.blake2b(
+            f"{model.__name__}|{value!r}".encode("utf-8", "surrogatepass"),
+            digest_size=16).digest()
+    except Exception:  # pragma: no cover - repr of parsed JSON does not fail
+        key = None
+    if key is not None:
+        known = _VALIDATED.get(key)
+        if known is not None:
+            if known:
+                raise _Drop(known)
+            return
+    outcome = _check_model(model, value, prefix)
+    if key is not None:
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[key] = outcome
+    if outcome:
+        raise _Drop(outcome)
+
+
+def _check_model(model: Any, value: Any, prefix: str) -> str:
+    """'' when ``value`` is a valid ``model``, else a reason naming the fields (never values)."""
+    try:
+        model.model_validate(value)
+        return ""
+    except Exception as exc:  # pydantic ValidationError (or a fhir_core error): never a 5xx
+        fields_: list[str] = []
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            try:
+                for e in errors()[:3]:
+                    parts = [prefix] if prefix else []
+                    parts += [str(p) for p in e.get("loc", ()) if not isinstance(p, int)]
+                    loc = ".".join(parts)
+                    if loc and loc not in fields_:
+                        fields_.append(loc)
+            except Exception:  # pragma: no cover - defensive
+                pass
+        if not fields_ and prefix:
+            fields_ = [prefix]
+        where = f" ({', '.join(fields_)})" if fields_ else ""
+        return f"not valid FHIR R4{where}"
+
+
+def _codings(concept: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(concept, Mapping):
+        return []
+    codings = concept.get("coding")
+    if not isinstance(codings, list):
+        return []
+    return [c for c in codings if isinstance(c, Mapping)]
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """FHIR date/dateTime/instant → aware UTC datetime (partial → first instant; naive → UTC)."""
+    if not isinstance(value, str):
+        return None
+    m = _DATETIME.match(value)
+    if not m:
+        return None
+    year, month, day, hh, mm, ss, frac, tz = m.groups()
+    try:
+        dt = datetime(int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0),
+                      int(ss or 0), int((frac or "0")[:6].ljust(6, "0")))
+    except ValueError:
+        return None
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+        if offset >= timedelta(hours=24):
+            return None
+        dt = dt.replace(tzinfo=timezone(sign * offset))
+    else:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def parse_date_range(value: Any) -> tuple[date, date] | None:
+    """A FHIR date (YYYY, YYYY-MM, YYYY-MM-DD) → (first day, last day) it can mean."""
+    if not isinstance(value, str):
+        return None
+    m = re.match(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$", value)
+    if not m:
+        return None
+    y, mo, d = m.groups()
+    try:
+        if d:
+            one = date(int(y), int(mo), int(d))
+            return one, one
+        if mo:
+            last = calendar.monthrange(int(y), int(mo))[1]
+            return date(int(y), int(mo), 1), date(int(y), int(mo), last)
+        return date(int(y), 1, 1), date(int(y), 12, 31)
+    except ValueError:
+        return None
+
+
+def _date_of(value: Any) -> date | None:
+    dt = parse_datetime(value)
+    return dt.date() if dt else None
+
+
+# --------------------------------------------------------------------------- Patient
+
+def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts,
+             term: Terminology) -> None:
+    if res.get("id") != patient_id:
+        raise _Drop("not the patient in context")
+    _validate(res, "Patient")
+    gender = res.get("gender")
+    facts.gender = gender if gender in ("male", "female") else None
+    span = parse_date_range(res.get("birthDate"))
+    if span is not None and span[1] > facts.as_of:
+        facts.excluded.append("Patient: birthDate after today (not used)")
+        span = None
+    elif span is not None and term.max_age_years is not None and \
+            age_on(span[0], facts.as_of) > term.max_age_years:
+        facts.excluded.append("Patient: birthDate gives an implausible age (not used)")
+        span = None
+    facts.birth_date_range = span
+    facts.birth_date = span[0] if span and span[0] == span[1] else None
+
+
+# --------------------------------------------------------------------------- Observation
+def _match_concept(term: Terminology, concept: Any) -> ObservationCode | None:
+    """The one meaning of an Observation.code (None: not in the value sets).
+
+    Several codings that agree (same kind; site/laterality equal or one of them
+    unspecified) are one measurement, described by the most specific coding.
+    Disagreeing codings raise _Drop: the value cannot be placed without a guess.
+    """
+    found: list[ObservationCode] = []
+    lookup = term.observation_codes
+    for c in _codings(concept):
+        hit = lookup.get(f"{c.get('system')}|{c.get('code')}")
+        if hit is not None and hit not in found:
+            found.append(hit)
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    kinds = {f.kind for f in found}
+    if len(kinds) > 1:
+        raise _Drop(f"codes for different kinds ({', '.join(sorted(kinds))}) in one code")
+    best = found[0]
+    for other in found[1:]:
+        for attr in ("site", "laterality", "property"):
+            a, b = getattr(best, attr), getattr(other, attr)
+            if a is not None and b is not None and a != b:
+                raise _Drop(f"codes with conflicting {attr} for {best.kind}")
+        if (other.site, other.laterality).count(None) < (best.site, best.laterality).count(None):
+            best = other
+    return best
+
+
+def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
+                 latest_day: date) -> list[Measurement]:
+    # cheapest checks first: is it ours at all (code), is it this patient's, is it usable
+    main = _match_concept(term, res.get("code"))
+    parts: list[tuple[ObservationCode, Mapping[str, Any]]] = []
+    components = res.get("component")
+    if isinstance(components, list):
+        for comp in components:
+            if isinstance(comp, Mapping):
+                hit = _match_concept(term, comp.get("code"))
+                if hit is not None:
+                    parts.append((hit, comp))
+    if main is None and not parts:
+        raise _Drop("no code in the value sets")
+    _check_subject(res, patient_id)
+    focus = res.get("focus")
+    if focus is not None and not (isinstance(focus, list) and focus
+                                  and all(_is_patient(f, patient_id) for f in focus)):
+        # Observation.focus: "what the observation is about, when it is not about the
+        # subject of record" (e.g. a fetus, a donor): not a fact about this patient
+        raise _Drop("about a focus other than the patient")
+    status = _text(res.get("status"))
+    if status not in term.observation_status:
+        raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS
+                    else "status missing or not an ObservationStatus code")
+    # from here on it is this patient's result: if it cannot be used, say for which kinds
+    # (facts.unusable), so evaluate never reads "not measured" into "measured but unusable"
+    try:
+        when = _effective(res)
+        if when.date() > latest_day:
+            future = _Drop("dated in the future")
+            future.when = when
+            raise future
+    except _Drop as why:
+        why.kinds = [m.kind for m in ([main] if main else []) + [p[0] for p in parts]]
+        raise
+
+    out: list[Measurement] = []
+    reasons: list[str] = []
+    failed: list[str] = []
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    for meaning, holder, label in ([(main, res, "")] if main is not None else []) + \
+            [(hit, comp, "component: ") for hit, comp in parts]:
+        try:
+            out.append(_measurement(term, meaning, holder, when, rid))
+        except _Drop as why:
+            reasons.append(f"{label}{why}")
+            failed.append(meaning.kind)
+    if not out:
+        drop = _Drop("; ".join(reasons))
+        drop.kinds = failed
+        drop.when = when
+        raise drop
+    # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
+    try:
+        _validate_observation(res)
+    except _Drop as why:
+        why.kinds = [m.kind for m in out] + failed
+        why.when = when
+        raise
+    if reasons:
+        part = _PartialDrop(out, reasons, failed)
+        part.when = when
+        raise part
+    return out
+
+
+class _PartialDrop(_Drop):
+    """Some values of one Observation were usable, others not (only raised internally)."""
+
+    def __init__(self, kept: list[Measurement], reasons: list[str], failed: list[str]):
+        super().__init__("; ".join(reasons))
+        self.kept = kept
+        self.kinds = failed
+
+
+def _effective(res: Mapping[str, Any]) -> datetime:
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if key in res:
+            dt = parse_datetime(res[key])
+            if dt is None:
+                raise _Drop(f"{key} is not a valid FHIR dateTime")
+            return dt
+    period = res.get("effectivePeriod")
+    if isinstance(period, Mapping) and period.get("end") is not None:
+        dt = parse_datetime(period.get("end"))
+        if dt is None:
+            raise _Drop("effectivePeriod.end is not a valid FHIR dateTime")
+        return dt
+    if res.get("issued") is not None:
+        dt = parse_datetime(res.get("issued"))
+        if dt is None:
+            raise _Drop("issued is not a valid FHIR instant")
+        return dt
+    raise _Drop("no date (effective[x] or issued)")
+
+
+def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[str, Any],
+                 when: datetime, rid: str | None) -> Measurement:
+    kind = meaning.kind
+    qty = holder.get("valueQuantity")
+    if not isinstance(qty, Mapping):
+        if holder.get("dataAbsentReason") is not None:
+            raise _Drop(f"no value (dataAbsentReason) for {kind}")
+        if any(k.startswith("value") for k in holder):
+            raise _Drop(f"value is not a Quantity for {kind}")
+        raise _Drop(f"no value for {kind}")
+    value = qty.get("value")
+    if value is None:
+        raise _Drop(f"no value (valueQuantity without value) for {kind}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Drop(f"value is not a number for {kind}")
+    comparator = qty.get("comparator")
+    if comparator is not None and _text(comparator) not in COMPARATORS:
+        raise _Drop(f"comparator not usable for {kind}")
+
+    units = term.units[kind]
+    code, system, unit = qty.get("code"), qty.get("system"), qty.get("unit")
+    if code is not None:
+        if system is not None and system != term.ucum_system:
+            raise _Drop(f"unit is not a UCUM code for {kind}")
+        sent = code
+    elif unit is not None:
+        sent = unit   # only used when it is exactly an accepted UCUM code
+    else:
+        sent = None
+    if sent is None:
+        if not units.unitless:
+            raise _Drop(f"no unit for {kind}")
+        rule = units.accepted[units.canonical]
+        original_unit = ""
+    else:
+        rule = units.accepted.get(sent) if isinstance(sent, str) else None
+        if rule is None:
+            shown = sent if isinstance(sent, str) and _UNIT_SHOWN.match(sent) else "?"
+            raise _Drop(f"unit {shown!r} not accepted for {kind}")
+        original_unit = sent
+    if meaning.property and rule.property and meaning.property != rule.property:
+        raise _Drop(f"unit {original_unit!r} contradicts the code's property "
+                    f"({meaning.property}) for {kind}")
+
+    converted = float(value) if rule.multiply == 1 else round(rule.to_canonical(float(value)), 6)
+    if not term.bounds[kind].contains(converted):
+        raise _Drop(f"value outside the plausible range for {kind}")
+    return Measurement(kind=kind, value=converted, unit=units.canonical, when=when,
+                       code=meaning.key, display=meaning.display, original_value=value,
+                       original_unit=original_unit, site=meaning.site,
+                       laterality=meaning.laterality, comparator=comparator, resource_id=rid)
+
+
+# --------------------------------------------------------------------------- Condition
+def _status_codes(concept: Any) -> set[str]:
+    return {c.get("code") for c in _codings(concept) if isinstance(c.get("code"), str)}
+
+
+def _condition(res: Mapping[str, Any], patient_id: str, term: Terminology) -> list[ConditionFact]:
+    hits: dict[str, tuple[str, str]] = {}
+    for c in _codings(res.get("code")):
+        for cat in term.condition_categories(c.get("system"), c.get("code")):
+            hits.setdefault(cat.category, (cat.key, cat.display))
+    if not hits:
+        return []   # not a condition the rules read (Condition search is unfiltered)
+    _check_subject(res, patient_id)
+    clinical = _status_codes(res.get("clinicalStatus"))
+    if res.get("clinicalStatus") is not None and not clinical & term.condition_clinical_status:
+        raise _Drop("clinicalStatus is not active")
+    if any(k.startswith("abatement") for k in res):
+        # FHIR R4 con-4: an abated condition is inactive/resolved/remission; abatement with
+        # an active (or no) status is abated or contradictory, either way not a current problem
+        raise _Drop("abated")
+    if _status_codes(res.get("verificationStatus")) & term.condition_verification_excluded:
+        raise _Drop("verificationStatus excludes it")
+    _validate(res, "Condition")
+    onset = _date_of(res.get("onsetDateTime"))
+    if onset is None and isinstance(res.get("onsetPeriod"), Mapping):
+        onset = _date_of(res["onsetPeriod"].get("start"))
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    return [ConditionFact(category=cat, code=key, display=display, onset=onset, resource_id=rid)
+            for cat, (key, display) in hits.items()]
+
+
+# --------------------------------------------------------------------------- medications
+def _medication_concept(res: Mapping[str, Any],
+                        medications: Mapping[str, Mapping[str, Any]]) -> Any:
+    concept = res.get("medicationCodeableConcept")
+    if concept is not None:
+        return concept
+    ref = res.get("medicationReference")
+    target = ref.get("reference") if isinstance(ref, Mapping) else None
+    if not isinstance(target, str):
+        return None
+    if target.startswith("#"):
+        for c in res.get("contained") or ():
+            if isinstance(c, Mapping) and c.get("resourceType") == "Medication" \
+                    and c.get("id") == target[1:]:
+                return c.get("code")
+        return None
+    med = medications.get(target) or medications.get("/".join(target.rsplit("/", 2)[-2:]))
+    return med.get("code") if med else None
+
+
+def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Terminology,
+                medications: Mapping[str, Mapping[str, Any]]) -> list[MedicationFact]:
+    concept = _medication_concept(res, medications)
+    hits: dict[str, tuple[str, str]] = {}
+    codings = _codings(concept)
+    for c in codings:
+        for cat in term.medication_categories(c.get("system"), c.get("code")):
+            hits.setdefault(cat.category, (cat.key, cat.display))
+    if not hits and term.medication_keywords:
+        candidates = [c.get("display") for c in codings]
+        if isinstance(concept, Mapping):
+            candidates.append(concept.get("text"))
+        texts = [t.lower() for t in candidates if isinstance(t, str)]
+        for keyword, category in term.medication_keywords:
+            if category not in hits and any(keyword in t for t in texts):
+                hits[category] = (f"text|{keyword}", keyword)
+    if not hits:
+        return []
+    _check_subject(res, patient_id)
+    status = _text(res.get("status"))
+    if status in term.medication_status_excluded:
+        raise _Drop(f"status {status!r} is no record of therapy")
+    _validate(res, rtype)
+    if rtype == "MedicationRequest":
+        authored = _date_of(res.get("authoredOn"))
+    else:
+        authored = _date_of(res.get("effectiveDateTime"))
+        if authored is None and isinstance(res.get("effectivePeriod"), Mapping):
+            authored = _date_of(res["effectivePeriod"].get("start"))
+        if authored is None:
+            authored = _date_of(res.get("dateAsserted"))
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    current = status in term.medication_status_current
+    return [MedicationFact(category=cat, code=key, display=display, authored=authored,
+                           resource_id=rid, status=status, current=current)
+            for cat, (key, display) in hits.items()]

@@ -1,0 +1,1 @@
+"""The HTTP layer: the Flask app factory, routing, body parsing, CORS, errors → responses."""

@@ -1,0 +1,1 @@
+"""The clinical knowledge in rules/*.yaml, loaded and validated at start-up."""

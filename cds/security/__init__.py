@@ -1,0 +1,1 @@
+"""Client authentication: JWT verification, trusted clients, JWKS, the jti replay cache."""

@@ -1,0 +1,361 @@
+"""Client authentication: CDS Hooks 2.0 "Trusting CDS Clients", with PyJWT and cryptography.
+
+Every call under /cds-services carries ``Authorization: Bearer <JWT>``, signed by
+the CDS Client (EHR) with an asymmetric key. The service accepts the call only when:
+
+* the header's ``alg`` is one CDS Hooks allows (ES/RS/PS 256/384/512; never
+  ``none``, never HMAC) and fits the key; ``kid`` names a key of that client;
+* ``iss`` is a client in the trusted-clients file (``cds.clients``);
+* the key comes from that client's configured JWKS (inline or file), or from its
+  configured ``jwks_url``: a ``jku`` header is only ever honoured when it equals
+  that URL (nothing else is fetched, so no SSRF through ``jku``). Fetched sets are
+  cached for ``MSKCDS_JWKS_CACHE_SECONDS`` and refetched once on an unknown ``kid``
+  (key rotation), at most once per ``REFRESH_COOLDOWN_SECONDS``;
+* the signature verifies; ``aud`` (string or array) holds the URL of the endpoint
+  called; ``exp`` is in the future and ``iat`` not in the future (within
+  ``MSKCDS_JWT_LEEWAY_SECONDS``); ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are all
+  present (the claims CDS Hooks 2.0 requires); ``tenant`` matches when configured;
+* the ``jti`` was not accepted before for this ``iss`` while its token lives
+  (``cds.replay``; checked last, so unauthenticated junk never fills the cache).
+
+Any failure raises ``Unauthorized(reason)``: the client only learns that
+authentication failed; the reason goes to the log, never the token or its jti.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import jwt
+import requests
+from jwt.exceptions import (DecodeError, ExpiredSignatureError, ImmatureSignatureError,
+                            InvalidIssuerError, InvalidSignatureError, InvalidTokenError,
+                            MissingRequiredClaimError)
+
+from cds.security.clients import (ALLOWED_ALGORITHMS, JwksError, PublicKey, TrustedClient, load_clients,
+                      parse_jwks)
+from cds.config import Config, ConfigError
+from cds.errors import Unauthorized
+from cds.security.replay import ReplayCacheError, open_replay_cache, replay_key
+
+log = logging.getLogger("mskcds.auth")
+
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_JWKS_BYTES = 64 * 1024
+JWKS_TIMEOUT = (2.0, 3.0)  # connect, read (seconds)
+REFRESH_COOLDOWN_SECONDS = 30.0
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Client:
+    """The authenticated caller, as the HTTP layer needs it."""
+
+    iss: str
+    fhir_servers: tuple[str, ...] = ()
+    tenant: str | None = None
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A short, quoted rendering of an untrusted value for a log reason."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+# ---------------------------------------------------------------------------- remote JWKS
+class JwksFetcher:
+    """Fetches and caches the JWK Sets at configured ``jwks_url``s (and nothing else)."""
+
+    def __init__(self, cache_seconds: float, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cache_seconds = cache_seconds
+        self.session = session or requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc from the environment
+        self.clock = clock
+        self._cache: dict[str, tuple[dict[str, PublicKey], float]] = {}
+        self._last_refresh: dict[str, float] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock_for(self, url: str) -> threading.Lock:
+        # One lock per URL: a slow JWKS endpoint of one client never delays another client.
+        with self._locks_lock:
+            return self._locks.setdefault(url, threading.Lock())
+
+    def key(self, url: str, kid: str) -> PublicKey | None:
+        with self._lock_for(url):
+            now = self.clock()
+            cached = self._cache.get(url)
+            if cached is None or now - cached[1] >= self.cache_seconds:
+                keys = self._fetch(url)
+                self._cache[url] = (keys, now)
+                return keys.get(kid)
+            keys = cached[0]
+            if kid in keys:
+                return keys[kid]
+            # Unknown kid: the client may have rotated its key. Refetch once, but not on
+            # every request with a made-up kid.
+            last = self._last_refresh.get(url)
+            if last is not None and now - last < REFRESH_COOLDOWN_SECONDS:
+                return None
+            self._last_refresh[url] = now
+            keys = self._fetch(url)
+            self._cache[url] = (keys, now)
+            return keys.get(kid)
+
+    def _fetch(self, url: str) -> dict[str, PublicKey]:
+        try:
+            with self.session.get(url, timeout=JWKS_TIMEOUT, allow_redirects=False, stream=True,
+                                  headers={"Accept": "application/json"}) as resp:
+                if resp.status_code != 200:
+                    raise Unauthorized(f"JWKS fetch from {url} answered HTTP {resp.status_code} "
+                                       "(redirects are not followed)")
+                body = b""
+                for chunk in resp.iter_content(8192):
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise Unauthorized(f"JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes")
+        except requests.RequestException as exc:
+            raise Unauthorized(f"JWKS fetch from {url} failed: {exc.__class__.__name__}") from None
+        try:
+            return parse_jwks(json.loads(body.decode("utf-8")), strict=False)
+        except (ValueError, JwksError) as exc:
+            raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: {exc}") from None
+        except RecursionError:  # deeply nested JSON inside the size cap: was a 500
+            raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: nested too deeply") from None
+
+
+# ---------------------------------------------------------------------------- authenticator
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("no Authorization header")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header is not 'Bearer <JWT>'")
+    token = token.strip()
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthorized(f"bearer token longer than {MAX_TOKEN_CHARS} characters")
+    if not _TOKEN_RE.match(token):
+        raise Unauthorized("bearer token is not a compact JWS (header.payload.signature)")
+    return token
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+class Authenticator:
+    def __init__(self, config: Config, *, clients: Mapping[str, TrustedClient] | None = None,
+                 replay_cache: Any | None = None, fetcher: JwksFetcher | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.clients: Mapping[str, TrustedClient] = {}
+        self.replay = replay_cache
+        self.fetcher = fetcher
+        if not config.require_auth:
+            return
+        if clients is None:
+            if config.clients_file is None:
+                raise ConfigError(
+                    "authentication is on (MSKCDS_REQUIRE_AUTH, the default) but "
+                    "MSKCDS_CLIENTS_FILE is not set: no EHR could call the service. Set "
+                    "MSKCDS_CLIENTS_FILE to the trusted-clients file (see README, 'Connecting an "
+                    "EHR'), or MSKCDS_REQUIRE_AUTH=false for local use only.")
+            clients = load_clients(config.clients_file)
+        self.clients = dict(clients)
+        if self.replay is None:
+            try:
+                self.replay = open_replay_cache(config.replay_cache_url)
+            except ReplayCacheError as exc:
+                raise ConfigError(f"MSKCDS_REPLAY_CACHE_URL: {exc}") from None
+        if self.fetcher is None:
+            self.fetcher = JwksFetcher(config.jwks_cache_seconds)
+        if not config.public_base_url:
+            log.warning("MSKCDS_PUBLIC_BASE_URL is not set: the JWT aud is checked against the "
+                        "URL built from the request's Host header. Set it in production.")
+        log.info("authentication on: %d trusted client(s)", len(self.clients))
+
+    def authenticate(self, endpoint_url: str, authorization: str | None) -> Client | None:
+        """Return the trusted client, None when authentication is off; raise Unauthorized."""
+        if not self.config.require_auth:
+            return None
+        client, _claims = self.verify(bearer_token(authorization), endpoint_url)
+        return Client(iss=client.iss, fhir_servers=client.fhir_servers, tenant=client.tenant)
+
+    # ------------------------------------------------------------------------ the checks
+    def verify(self, token: str, endpoint_url: str) -> tuple[TrustedClient, dict[str, Any]]:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except (DecodeError, InvalidTokenError) as exc:
+            raise Unauthorized(f"malformed JWT: {exc}") from None
+
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise Unauthorized(f"JWT alg {_show(alg)} is not allowed "
+                               f"(allowed: {', '.join(ALLOWED_ALGORITHMS)})")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise Unauthorized(f"JWT typ {_show(typ)} is not 'JWT'")
+        if "crit" in header:
+            raise Unauthorized("JWT header has 'crit' extensions this service does not support")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("JWT header has no kid")
+
+        iss = unverified.get("iss")
+        client = self.clients.get(iss) if isinstance(iss, str) else None
+        if client is None:
+            raise Unauthorized(f"iss {_show(iss)} is not a trusted client")
+
+        key = self._key_for(client, header, kid)
+        if not key.accepts(alg):
+            raise Unauthorized(f"iss {_show(iss)}: alg {alg} does not fit key {_show(kid)} "
+                               f"({key.kty}{' ' + key.crv if key.crv else ''})")
+        leeway = self.config.jwt_leeway_seconds
+        try:
+            claims = jwt.decode(token, key=key.key, algorithms=[alg], issuer=client.iss,
+                                leeway=leeway,
+                                options={"require": list(REQUIRED_CLAIMS), "verify_aud": False,
+                                         "verify_signature": True, "verify_exp": True,
+                                         "verify_iat": True, "verify_nbf": True,
+                                         "verify_iss": True})
+        except InvalidSignatureError:
+            raise Unauthorized(f"iss {_show(iss)}: signature does not verify with key "
+                               f"{_show(kid)}") from None
+        except ExpiredSignatureError:
+            raise Unauthorized(f"iss {_show(iss)}: token expired") from None
+        except ImmatureSignatureError as exc:
+            raise Unauthorized(f"iss {_show(iss)}: token not valid yet ({exc})") from None
+        except MissingRequiredClaimError as exc:
+            raise Unauthorized(f"iss {_show(iss)}: required claim missing: {exc.claim}") from None
+        except InvalidIssuerError:
+            raise Unauthorized(f"iss {_show(iss)}: issuer mismatch") from None
+        except InvalidTokenError as exc:
+            raise Unauthorized(f"iss {_show(iss)}: invalid token: {exc}") from None
+
+        now = self.clock()
+        exp, iat = claims["exp"], claims["iat"]
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) \
+                or isinstance(iat, bool) or not isinstance(iat, (int, float)):
+            raise Unauthorized(f"iss {_show(iss)}: exp and iat must be numbers")
+        try:  # a 400-digit integer is valid JSON, but no time (float() overflows: was a 500)
+            exp, iat = float(exp), float(iat)
+        except OverflowError:
+            raise Unauthorized(f"iss {_show(iss)}: exp or iat is out of range") from None
+        if exp <= now - leeway:  # PyJWT checked this too; belt and braces with our clock
+            raise Unauthorized(f"iss {_show(iss)}: token expired")
+        if iat > now + leeway:
+            raise Unauthorized(f"iss {_show(iss)}: iat is in the future")
+        aud = claims["aud"]
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):
+            raise Unauthorized(f"iss {_show(iss)}: aud must be a string or an array of strings")
+        if not any(_same_url(a, endpoint_url) for a in auds):
+            raise Unauthorized(f"iss {_show(iss)}: aud {_show(auds, 160)} is not this endpoint "
+                               f"({endpoint_url})")
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise Unauthorized(f"iss {_show(iss)}: jti must be a non-empty string")
+        if client.tenant is not None and claims.get("tenant") != client.tenant:
+            raise Unauthorized(f"iss {_show(iss)}: tenant does not match the configured tenant")
+        try:
+            fresh = self.replay.claim(replay_key(client.iss, jti), exp + leeway)
+        except ReplayCacheError as exc:
+            raise Unauthorized(f"iss {_show(iss)}: {exc} (failing closed)") from None
+        if not fresh:
+            raise Unauthorized(f"iss {_show(iss)}: jti already used (replayed token)")
+        return client, claims
+
+    def _key_for(self, client: TrustedClient, header: Mapping[str, Any], kid: str) -> PublicKey:
+        jku = header.get("jku")
+        if client.jwks_url is not None:
+            if jku is not None and (not isinstance(jku, str) or jku != client.jwks_url):
+                raise Unauthorized(f"iss {_show(client.iss)}: jku {_show(jku, 160)} is not the "
+                                   f"JWKS URL configured for this client; not fetched")
+            key = self.fetcher.key(client.jwks_url, kid)
+        else:
+            # Keys configured out of band: a jku in the header is never fetched.
+            key = client.keys.get(kid)
+        if key is None:
+            raise Unauthorized(f"iss {_show(client.iss)}: unknown kid {_show(kid)}")
+        return key
+
+
+# ---------------------------------------------------------------------------- client side
+# For smoke tests and EHR integrators (``mskcds keygen`` / ``mskcds token``): what a CDS
+# Client does. The service itself never signs anything.
+def load_private_key(path: str) -> tuple[Any, str | None, str | None]:
+    """(private key, kid, alg) from a PEM file, a private JWK, or a JWKS with one private key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    raw = open(path, "rb").read()
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        return load_pem_private_key(raw, password=None), None, None
+    doc = json.loads(raw.decode("utf-8"))
+    if isinstance(doc, dict) and isinstance(doc.get("keys"), list):
+        private = [k for k in doc["keys"] if isinstance(k, dict) and "d" in k]
+        if len(private) != 1:
+            raise ValueError(f"{path}: the JWKS must hold exactly one private key")
+        doc = private[0]
+    if not isinstance(doc, dict) or "d" not in doc:
+        raise ValueError(f"{path}: not a private JWK")
+    return jwt.PyJWK(doc).key, doc.get("kid"), doc.get("alg")
+
+
+def default_alg(key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS384"
+    raise ValueError("only EC and RSA private keys are supported")
+
+
+def mint_token(key: Any, *, iss: str, aud: str | list[str], kid: str, alg: str | None = None,
+               jku: str | None = None, tenant: str | None = None, lifetime: int = 300,
+               now: float | None = None) -> str:
+    """A CDS Hooks client JWT (as the CDS Hooks sandbox builds them: 5 minutes, fresh jti)."""
+    import uuid
+
+    alg = alg or default_alg(key)
+    if alg not in ALLOWED_ALGORITHMS:
+        raise ValueError(f"alg {alg} is not allowed")
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {"iss": iss, "aud": aud, "exp": issued + lifetime, "iat": issued,
+                              "jti": str(uuid.uuid4())}
+    if tenant:
+        claims["tenant"] = tenant
+    headers: dict[str, Any] = {"kid": kid, "typ": "JWT"}
+    if jku:
+        headers["jku"] = jku
+    return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+
+def generate_key(alg: str = "ES384") -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if alg.startswith("ES"):
+        curve = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}[alg]
+        return ec.generate_private_key(curve)
+    if alg[:2] in ("RS", "PS") and alg in ALLOWED_ALGORITHMS:
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise ValueError(f"alg {alg} is not allowed")
+
+
+def public_jwks(key: Any, kid: str, alg: str) -> dict[str, Any]:
+    """The JWKS (public half only) a CDS Client publishes, or the service operator configures."""
+    from jwt.algorithms import get_default_algorithms
+
+    jwk = json.loads(get_default_algorithms()[alg].to_jwk(key.public_key()))
+    jwk.pop("key_ops", None)  # "use" says it; RFC 7517 advises not to send both
+    jwk.update({"kid": kid, "alg": alg, "use": "sig"})
+    return {"keys": [jwk]}

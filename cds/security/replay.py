@@ -1,0 +1,172 @@
+"""Replay protection for client JWTs: remember each ``jti`` until its token expires.
+
+CDS Hooks 2.0 makes ``jti`` a nonce "used to protect against replay attacks":
+a token whose (``iss``, ``jti``) pair was already accepted, and has not yet
+expired, is refused.
+
+Two implementations behind one small interface (``claim``):
+
+* ``SqlReplayCache`` (the default): one table in a SQL database through
+  SQLAlchemy. With the default SQLite file every gunicorn worker on the machine
+  sees the same table, so a token replayed to another worker is still refused.
+  Point ``MSKCDS_REPLAY_CACHE_URL`` at a PostgreSQL database and several machines
+  share it too.
+* ``MemoryReplayCache`` (``MSKCDS_REPLAY_CACHE_URL=memory``): a dict in the
+  process. Each gunicorn worker has its own, so a replay that lands on another
+  worker is NOT detected. Only for a single worker process (or tests).
+
+Keys are SHA-256 digests of ``iss`` and ``jti``: the cache never stores a raw
+token identifier. A cache that cannot be reached fails closed (the caller turns
+``ReplayCacheError`` into a 401).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from cds.store.db import ProcessLocalEngine
+
+PURGE_EVERY_SECONDS = 60.0
+
+
+class ReplayCacheError(RuntimeError):
+    """The cache could not answer; the token must not be accepted."""
+
+
+def replay_key(iss: str, jti: str) -> str:
+    return hashlib.sha256(f"{iss}\n{jti}".encode("utf-8")).hexdigest()
+
+
+class ReplayCache(Protocol):
+    def claim(self, key: str, expires_at: float) -> bool:
+        """Record ``key`` until ``expires_at`` (epoch seconds).
+
+        True when the key was not held (the token is fresh), False when it is a replay.
+        """
+
+
+class MemoryReplayCache:
+    """Per-process cache (see the module docstring for why that is a limitation)."""
+
+    def __init__(self, clock=time.time) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._last_purge = clock()
+
+    def claim(self, key: str, expires_at: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now - self._last_purge > PURGE_EVERY_SECONDS:
+                self._seen = {k: exp for k, exp in self._seen.items() if exp >= now}
+                self._last_purge = now
+            held = self._seen.get(key)
+            if held is not None and held >= now:
+                return False
+            self._seen[key] = expires_at
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class SqlReplayCache:
+    """A ``mskcds_jti`` table, shared by every process that uses the same database URL."""
+
+    def __init__(self, url: str, clock=time.time) -> None:
+        from sqlalchemy import Column, Float, MetaData, String, Table
+        from sqlalchemy.engine import make_url
+
+        self.url = make_url(url)
+        self._clock = clock
+        self._metadata = MetaData()
+        self._table = Table("mskcds_jti", self._metadata,
+                            Column("key", String(64), primary_key=True),
+                            Column("expires_at", Float, nullable=False, index=True))
+        self._engines = ProcessLocalEngine(self._build_engine)
+        self._last_purge = 0.0
+        try:
+            if self.url.drivername.startswith("sqlite") \
+                    and self.url.database not in (None, "", ":memory:"):
+                Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._metadata.create_all(self._engines.get())
+        except Exception as exc:  # the database URL is unusable: stop at start-up
+            raise ReplayCacheError(f"replay cache {self.url.render_as_string(hide_password=True)} "
+                                   f"cannot be opened: {exc.__class__.__name__}: {exc}") from None
+        finally:
+            # gunicorn --preload builds the app before forking: never carry connections
+            # across a fork, each worker opens its own.
+            self._engines.dispose()
+
+    def _build_engine(self):
+        from sqlalchemy import create_engine, event
+
+        if self.url.drivername.startswith("sqlite"):
+            engine = create_engine(self.url, pool_size=4, max_overflow=4,
+                                   connect_args={"timeout": 10})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
+                cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
+                cur.close()
+            return engine
+        return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+    def _upsert(self, key: str, expires_at: float, now: float):
+        """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""
+        dialect = self.url.get_backend_name()
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return None
+        table = self._table
+        stmt = insert(table).values(key=key, expires_at=float(expires_at))
+        return stmt.on_conflict_do_update(index_elements=[table.c.key],
+                                          set_={"expires_at": stmt.excluded.expires_at},
+                                          where=table.c.expires_at < now).returning(table.c.key)
+
+    def claim(self, key: str, expires_at: float) -> bool:
+        from sqlalchemy import delete, insert
+        from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+        table = self._table
+        now = self._clock()
+        try:
+            engine = self._engines.get()
+            upsert = self._upsert(key, expires_at, now)
+            with engine.begin() as conn:  # one short transaction per token
+                if now - self._last_purge > PURGE_EVERY_SECONDS:
+                    self._last_purge = now
+                    conn.execute(delete(table).where(table.c.expires_at < now))
+                if upsert is not None:
+                    # A row back: inserted (or an expired one taken over); none: a live entry.
+                    return conn.execute(upsert).first() is not None
+                conn.execute(delete(table).where(table.c.key == key, table.c.expires_at < now))
+            try:
+                with engine.begin() as conn:
+                    conn.execute(insert(table).values(key=key, expires_at=float(expires_at)))
+            except IntegrityError:
+                return False
+            return True
+        except SQLAlchemyError as exc:
+            raise ReplayCacheError(f"replay cache unavailable: {exc.__class__.__name__}") from None
+
+    def count(self) -> int:
+        from sqlalchemy import func, select
+
+        with self._engines.get().connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self._table)).scalar_one())
+
+
+def open_replay_cache(url: str) -> MemoryReplayCache | SqlReplayCache:
+    """``memory`` or a SQLAlchemy database URL (``sqlite:///path``, ``postgresql+psycopg://...``)."""
+    if url.strip().lower() == "memory":
+        return MemoryReplayCache()
+    return SqlReplayCache(url)

@@ -1,0 +1,1 @@
+"""Persistence: the database engine, issued-card records, feedback, reports, migrations."""

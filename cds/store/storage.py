@@ -1,0 +1,631 @@
+"""Durable storage of issued cards and clinician feedback (CDS Hooks 2.0 feedback).
+
+Two tables (schema in ``cds/migrations``, applied with Alembic):
+
+* ``issued_cards``: one row per card this service answered with: card uuid,
+  service id, hook, hookInstance, finding code (``source.topic``), indicator,
+  suggestion uuids, issue time. Nothing else: no patient identifier, no
+  clinical value.
+* ``feedback``: one row per feedback report. A report is kept as the client
+  sent it (outcome, accepted suggestion ids, override reason coding and
+  comment, outcomeTimestamp) plus the time we received it. The same card may
+  be reported many times and each distinct report is kept; a report that is
+  byte-for-byte the same as one already stored (a client retrying a post whose
+  answer it never saw) is stored once (``report_key``, a hash of its content).
+
+Engines are per process: ``open_store`` runs in ``create_app``, which gunicorn
+``--preload`` runs before it forks its workers, so the store migrates the
+database there (under a lock, in case several processes start together),
+disposes of the engine, and every process afterwards builds its own engine on
+first use. No connection is ever shared across a fork.
+
+SQLite (the default) runs in WAL mode with a busy timeout and ``BEGIN
+IMMEDIATE`` write transactions, so concurrent workers queue for the write lock
+instead of failing on a lock upgrade. Feedback commits with ``synchronous=FULL``
+(a report acknowledged with 2xx survives a crash of the process or the
+machine); the hot-path issued-card insert with ``NORMAL`` (see
+``ISSUED_SYNCHRONOUS``). PostgreSQL is
+used when ``MSKCDS_DATABASE_URL`` is ``postgresql+psycopg://...``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
+                        Table, Text, create_engine, event, func, select, text)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.types import TypeDecorator
+
+from cds.hooks import wire
+from cds.config import Config, ConfigError
+from cds.store.db import ProcessLocalEngine
+from cds.errors import BadRequest, Issue, ServiceError
+
+log = logging.getLogger("mskcds.storage")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+#: SQLite sync level of the hot-path issued-card insert. In WAL mode NORMAL survives a killed
+#: process (what gunicorn workers meet) but an OS crash or power cut may lose the last few
+#: records; it costs ~0.5-1 ms per call where FULL (an fsync per commit) costs ~6 ms (see
+#: benchmarks/bench_storage.py). Feedback, the evidence we must not lose, always commits FULL.
+ISSUED_SYNCHRONOUS = "NORMAL"
+#: PostgreSQL advisory lock key for migrations ("mskcds" in ASCII, fits a bigint).
+PG_MIGRATION_LOCK = 0x6D736B636473
+#: Report key of feedback whose card is not (or no longer) on record.
+UNKNOWN_FINDING = "(unknown card)"
+NO_REASON = "(no reason given)"
+COMMENT_ONLY = "(comment only)"
+
+
+class StorageUnavailable(ServiceError):
+    """The database could not be reached or stayed locked; the client may retry."""
+
+    status = 503
+    issue_code = "transient"
+
+
+# --------------------------------------------------------------------------- schema
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+metadata = MetaData()
+
+issued_cards = Table(
+    "issued_cards", metadata,
+    Column("card_uuid", String(36), primary_key=True),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(64), nullable=False),
+    Column("hook_instance", String(36), nullable=False),
+    Column("finding_code", String(128), nullable=True),
+    Column("finding_system", String(255), nullable=True),
+    Column("indicator", String(16), nullable=False),
+    Column("suggestion_uuids", Text, nullable=False),  # JSON list of uuid strings
+    Column("issued_at", UTCDateTime, nullable=False),
+    Index("ix_issued_cards_issued_at", "issued_at"),
+)
+
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("report_key", String(64), nullable=False, unique=True),
+    Column("card_uuid", String(36), nullable=False),
+    # Set when the card is on record (NULL for accept-and-flag reports); deleting
+    # the card deletes its feedback (retention).
+    Column("issued_card", String(36), ForeignKey("issued_cards.card_uuid", ondelete="CASCADE"),
+           nullable=True),
+    Column("service_id", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),  # JSON list of uuid strings
+    Column("override_reason_system", String(255), nullable=True),
+    Column("override_reason_code", String(128), nullable=True),
+    Column("override_reason_display", String(255), nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("outcome_timestamp", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("unknown_card", Boolean, nullable=False, default=False),
+    Index("ix_feedback_card_uuid", "card_uuid"),
+    Index("ix_feedback_issued_card", "issued_card"),
+    Index("ix_feedback_received_at", "received_at"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------- engines
+def build_engine(url: str) -> Engine:
+    """A new engine for this process (SQLite: WAL, busy timeout, BEGIN IMMEDIATE)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise ConfigError("MSKCDS_DATABASE_URL: an in-memory SQLite database cannot be shared "
+                              "by workers; give a file path (sqlite:////path/mskcds.sqlite3)")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # A small pool per process (the store rebuilds the engine after a fork).
+        engine = create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=8,
+                               pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                             "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:
+            # Take transaction control from the sqlite3 module: we say BEGIN ourselves.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA synchronous=FULL")  # default; see _sqlite_begin
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # IMMEDIATE: take the write lock at BEGIN (waiting up to busy_timeout), so a
+            # read-then-write transaction never fails on a lock upgrade under concurrency.
+            options = conn.get_execution_options()
+            conn.exec_driver_sql(f"PRAGMA synchronous={options.get('sqlite_synchronous', 'FULL')}")
+            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                             pool_timeout=10)
+    raise ConfigError(f"MSKCDS_DATABASE_URL: unsupported database {parsed.get_backend_name()!r} "
+                      "(use sqlite:///... or postgresql+psycopg://...)")
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --------------------------------------------------------------------------- migrations
+def alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, url: str) -> Iterator[Connection]:
+    """One migrator at a time, across processes: a file lock (SQLite) or an advisory lock (PG)."""
+    if engine.dialect.name == "sqlite":
+        lock_path = Path(make_url(url).database + ".migrate.lock")
+        with open(lock_path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                with engine.connect() as conn:
+                    yield conn
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    else:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
+                conn.commit()
+
+
+def migrate(url: str, revision: str = "head") -> str | None:
+    """Bring the database at ``url`` to ``revision``; return the revision it is at."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    engine = build_engine(url)
+    try:
+        with _migration_lock(engine, url) as conn:
+            command.upgrade(alembic_config(conn), revision)
+            conn.commit()
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = build_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- dates
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class DateRange:
+    start: datetime | None  # inclusive
+    end: datetime | None    # exclusive
+
+    def describe(self) -> str:
+        s = self.start.isoformat() if self.start else "the beginning"
+        e = self.end.isoformat() if self.end else "now"
+        return f"{s} .. {e}"
+
+
+def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
+    """``YYYY-MM-DD`` (a whole UTC day; ``to`` includes that day) or an RFC 3339 date-time."""
+    if value is None or value == "":
+        return None
+    text_value = value.strip()
+    try:
+        if _DATE.match(text_value):
+            day = date.fromisoformat(text_value)
+            moment = datetime.combine(day, time(0), tzinfo=timezone.utc)
+            return moment + timedelta(days=1) if end else moment
+        if not wire.RFC3339.match(text_value):
+            raise ValueError("not RFC 3339")
+        return datetime.fromisoformat(text_value.replace("z", "Z")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31 (+1 day), 0001-01-01T00:00+01:00
+        raise BadRequest(Issue(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 "
+                               "date-time with a time zone", expression=name)) from None
+
+
+def parse_range(start: str | None, end: str | None) -> DateRange:
+    rng = DateRange(parse_bound(start, "from", end=False), parse_bound(end, "to", end=True))
+    if rng.start and rng.end and rng.start >= rng.end:
+        raise BadRequest(Issue("from: must be before to", expression="from"))
+    return rng
+
+
+# --------------------------------------------------------------------------- the store
+def _canonical_uuid(value: Any) -> str:
+    return str(uuid.UUID(str(value)))
+
+
+def _issued_row(service_id: str, hook: str, hook_instance: str, card: Mapping[str, Any],
+                now: datetime) -> dict[str, Any]:
+    topic = (card.get("source") or {}).get("topic") or {}
+    suggestions = [_canonical_uuid(s["uuid"]) for s in card.get("suggestions") or []]
+    return {"card_uuid": _canonical_uuid(card["uuid"]), "service_id": service_id, "hook": hook,
+            "hook_instance": _canonical_uuid(hook_instance),
+            "finding_code": topic.get("code"), "finding_system": topic.get("system"),
+            "indicator": card["indicator"], "suggestion_uuids": json.dumps(suggestions),
+            "issued_at": now}
+
+
+def report_key(service_id: str, item: Mapping[str, Any]) -> str:
+    """Content hash of one validated feedback item: equal reports (retries) get equal keys."""
+    reason = item.get("overrideReason") or {}
+    coding = reason.get("reason") or {}
+    canonical = {
+        "service": service_id,
+        "card": str(item["card"]),
+        "outcome": item["outcome"],
+        "at": item["outcomeTimestamp"].astimezone(timezone.utc).isoformat(),
+        "accepted": sorted(str(s["id"]) for s in item.get("acceptedSuggestions") or []),
+        "reason": [coding.get("system"), coding.get("code")],
+        "comment": reason.get("userComment"),
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+class SqlStore:
+    """Issued cards and feedback in a SQL database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, url: str, *, unknown_card: str = "reject"):
+        self.url = url
+        self.unknown_card = unknown_card
+        self._engines = ProcessLocalEngine(lambda: build_engine(url))
+
+    # ------------------------------------------------------------- engine per process
+    @property
+    def engine(self) -> Engine:
+        return self._engines.get()
+
+    def dispose(self) -> None:
+        self._engines.dispose()
+
+    @contextlib.contextmanager
+    def _transaction(self, **options: Any) -> Iterator[Connection]:
+        """One transaction; a database that is down or stays locked is a 503 (retry later)."""
+        try:
+            with self.engine.connect() as conn:
+                if options:
+                    conn = conn.execution_options(**options)
+                with conn.begin():
+                    yield conn
+        except ServiceError:
+            raise
+        except OperationalError as exc:
+            log.error("database unavailable: %s", exc.__class__.__name__)
+            raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
+                                           "retry later.", code="transient")) from None
+
+    def _write(self, **options: Any) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE; ``sqlite_synchronous`` option)."""
+        return self._transaction(**options)
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        """A read transaction (SQLite: BEGIN DEFERRED, no write lock)."""
+        return self._transaction(sqlite_begin="DEFERRED")
+
+    # ------------------------------------------------------------- hot path
+    def record_issued(self, service_id: str, hook: str, hook_instance: str,
+                      cards: list[dict[str, Any]]) -> bool:
+        """Record the cards of one answer: one short transaction, one executemany.
+
+        On the hot path of every service call. If the database is unavailable
+        the cards are still served (advice to the clinician comes first) and the
+        failure is logged; feedback on those cards will then be treated as
+        feedback on an unknown card. Returns whether the cards were recorded.
+        """
+        if not cards:
+            return True
+        now = utcnow()
+        try:
+            rows = [_issued_row(service_id, hook, hook_instance, card, now) for card in cards]
+            with self._write(sqlite_synchronous=ISSUED_SYNCHRONOUS) as conn:
+                conn.execute(issued_cards.insert(), rows)
+        except (StorageUnavailable, SQLAlchemyError, KeyError, TypeError, ValueError) as exc:
+            log.error("issued cards not recorded", extra={"fields": {
+                "cards": len(cards), "error": exc.__class__.__name__}})
+            return False
+        return True
+
+    # ------------------------------------------------------------- feedback
+    def record_feedback(self, service_id: str, payload: Any) -> int:
+        """Validate and store one feedback request, all or nothing. Returns the item count."""
+        items = wire.load_feedback(payload)
+        now = utcnow()
+        with self._write() as conn:
+            wanted = sorted({str(item["card"]) for item in items})
+            known: dict[str, Any] = {}
+            for chunk in _chunks(wanted, 500):
+                for row in conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.service_id,
+                                               issued_cards.c.suggestion_uuids)
+                                        .where(issued_cards.c.card_uuid.in_(chunk))):
+                    known[row.card_uuid] = row
+            issues: list[Issue] = []
+            rows: list[dict[str, Any]] = []
+            for index, item in enumerate(items):
+                where = f"feedback[{index}]"
+                card_id = str(item["card"])
+                card = known.get(card_id)
+                if card is None and self.unknown_card == "reject":
+                    issues.append(Issue(f"{where}.card: {card_id} is not a card this service "
+                                        "issued (or its record has passed retention)",
+                                        expression=f"{where}.card"))
+                    continue
+                if card is not None and card.service_id != service_id:
+                    issues.append(Issue(f"{where}.card: {card_id} was issued by service "
+                                        f"{card.service_id!r}, not {service_id!r}",
+                                        expression=f"{where}.card"))
+                    continue
+                accepted = [str(s["id"]) for s in item.get("acceptedSuggestions") or []]
+                if card is not None:
+                    offered = set(json.loads(card.suggestion_uuids))
+                    for j, sid in enumerate(accepted):
+                        if sid not in offered:
+                            issues.append(Issue(
+                                f"{where}.acceptedSuggestions[{j}].id: {sid} is not a suggestion "
+                                f"of card {card_id}", expression=f"{where}.acceptedSuggestions[{j}].id"))
+                reason = item.get("overrideReason") or {}
+                coding = reason.get("reason") or {}
+                issues.extend(_unstorable(where, coding, reason))
+                rows.append({
+                    "report_key": report_key(service_id, item), "card_uuid": card_id,
+                    "issued_card": card_id if card is not None else None,
+                    "service_id": service_id, "outcome": item["outcome"],
+                    "accepted_suggestions": json.dumps(accepted) if accepted else None,
+                    "override_reason_system": coding.get("system"),
+                    "override_reason_code": coding.get("code"),
+                    "override_reason_display": coding.get("display"),
+                    "user_comment": reason.get("userComment"),
+                    "outcome_timestamp": item["outcomeTimestamp"], "received_at": now,
+                    "unknown_card": card is None,
+                })
+            if issues:
+                raise BadRequest(issues)  # rolls the transaction back: nothing is stored
+            conn.execute(_insert_ignore(conn, feedback, "report_key"), rows)
+        flagged = sum(1 for r in rows if r["unknown_card"])
+        if flagged:
+            log.warning("stored feedback for unknown cards (flagged)",
+                        extra={"fields": {"flagged": flagged}})
+        return len(items)
+
+    # ------------------------------------------------------------- report
+    def summary(self, start: str | None, end: str | None) -> dict[str, Any]:
+        return self.report(parse_range(start, end))
+
+    def report(self, rng: DateRange) -> dict[str, Any]:
+        """Per finding: cards issued in the range, and the feedback reports on those cards.
+
+        Feedback is counted against the issue time of its card (the cohort of
+        cards issued in the range), so the acceptance rate compares like with
+        like. Flagged reports on unknown cards are counted by receipt time under
+        ``(unknown card)``.
+        """
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(finding: str | None) -> dict[str, Any]:
+            key = finding or "(no topic)"
+            return out.setdefault(key, {"issued": 0, "accepted": 0, "overridden": 0,
+                                        "acceptance_rate": None, "override_reasons": {}})
+
+        def in_range(column: Any) -> list[Any]:
+            conds = []
+            if rng.start is not None:
+                conds.append(column >= rng.start)
+            if rng.end is not None:
+                conds.append(column < rng.end)
+            return conds
+
+        ic, fb = issued_cards, feedback
+        with self._read() as conn:
+            for row in conn.execute(select(ic.c.finding_code, func.count().label("n"))
+                                    .where(*in_range(ic.c.issued_at))
+                                    .group_by(ic.c.finding_code)):
+                entry(row.finding_code)["issued"] = row.n
+            joined = fb.join(ic, fb.c.issued_card == ic.c.card_uuid)
+            for row in conn.execute(select(ic.c.finding_code, fb.c.outcome,
+                                           fb.c.override_reason_system, fb.c.override_reason_code,
+                                           fb.c.user_comment.is_not(None).label("has_comment"),
+                                           func.count().label("n"))
+                                    .select_from(joined).where(*in_range(ic.c.issued_at))
+                                    .group_by(ic.c.finding_code, fb.c.outcome,
+                                              fb.c.override_reason_system,
+                                              fb.c.override_reason_code, "has_comment")):
+                self._add(entry(row.finding_code), row)
+            for row in conn.execute(select(fb.c.outcome, fb.c.override_reason_system,
+                                           fb.c.override_reason_code,
+                                           fb.c.user_comment.is_not(None).label("has_comment"),
+                                           func.count().label("n"))
+                                    .where(fb.c.issued_card.is_(None), *in_range(fb.c.received_at))
+                                    .group_by(fb.c.outcome, fb.c.override_reason_system,
+                                              fb.c.override_reason_code, "has_comment")):
+                self._add(entry(UNKNOWN_FINDING), row)
+        for data in out.values():
+            decided = data["accepted"] + data["overridden"]
+            data["acceptance_rate"] = round(data["accepted"] / decided, 4) if decided else None
+            data["override_reasons"] = dict(sorted(data["override_reasons"].items(),
+                                                   key=lambda kv: (-kv[1], kv[0])))
+        return dict(sorted(out.items()))
+
+    @staticmethod
+    def _add(data: dict[str, Any], row: Any) -> None:
+        if row.outcome == "accepted":
+            data["accepted"] += row.n
+            return
+        data["overridden"] += row.n
+        if row.override_reason_code:
+            label = (f"{row.override_reason_system}|{row.override_reason_code}"
+                     if row.override_reason_system else row.override_reason_code)
+        elif row.has_comment:
+            label = COMMENT_ONLY
+        else:
+            label = NO_REASON
+        reasons = data["override_reasons"]
+        reasons[label] = reasons.get(label, 0) + row.n
+
+    # ------------------------------------------------------------- retention
+    def purge(self, days: int, *, now: datetime | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Delete issued-card records older than ``days`` days, with all their feedback.
+
+        Flagged feedback on unknown cards is deleted by its receipt time. Returns
+        the counts (and the cutoff) so the command can say what it did.
+        """
+        if days < 1:
+            raise ConfigError("retention must be at least 1 day")
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        ic, fb = issued_cards, feedback
+        old_cards = select(ic.c.card_uuid).where(ic.c.issued_at < cutoff)
+        with self._write() as conn:
+            n_feedback = conn.execute(select(func.count()).select_from(fb)
+                                      .where(fb.c.issued_card.in_(old_cards))).scalar_one()
+            n_flagged = conn.execute(select(func.count()).select_from(fb)
+                                     .where(fb.c.issued_card.is_(None),
+                                            fb.c.received_at < cutoff)).scalar_one()
+            n_cards = conn.execute(select(func.count()).select_from(ic)
+                                   .where(ic.c.issued_at < cutoff)).scalar_one()
+            if not dry_run:
+                conn.execute(fb.delete().where(fb.c.issued_card.in_(old_cards)))
+                conn.execute(fb.delete().where(fb.c.issued_card.is_(None),
+                                               fb.c.received_at < cutoff))
+                conn.execute(ic.delete().where(ic.c.issued_at < cutoff))
+        return {"cutoff": cutoff.isoformat(), "issued_cards": n_cards,
+                "feedback": n_feedback + n_flagged, "dry_run": dry_run}
+
+    # ------------------------------------------------------------- for tests and tools
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {"issued_cards": conn.execute(select(func.count()).select_from(issued_cards))
+                    .scalar_one(),
+                    "feedback": conn.execute(select(func.count()).select_from(feedback))
+                    .scalar_one()}
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(feedback).order_by(feedback.c.id))]
+
+    def issued_rows(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                select(issued_cards).order_by(issued_cards.c.issued_at, issued_cards.c.card_uuid))]
+
+
+#: Client text stored in a column of limited length: (column, where in the feedback item).
+_LIMITED_TEXT = (("override_reason_system", "reason", "system"),
+                 ("override_reason_code", "reason", "code"),
+                 ("override_reason_display", "reason", "display"),
+                 ("user_comment", None, "userComment"))
+
+
+def _unstorable(where: str, coding: Mapping[str, Any], reason: Mapping[str, Any]) -> list[Issue]:
+    """Values the database cannot hold, as 400 issues (else: PostgreSQL refuses a value
+    longer than its column or holding NUL with a DataError, a 500; SQLite kept them)."""
+    issues = []
+    for column, part, name in _LIMITED_TEXT:
+        value = (coding if part == "reason" else reason).get(name)
+        if not isinstance(value, str):
+            continue
+        field_path = (f"{where}.overrideReason.reason.{name}" if part == "reason"
+                      else f"{where}.overrideReason.{name}")
+        limit = getattr(feedback.c[column].type, "length", None)
+        if limit is not None and len(value) > limit:
+            issues.append(Issue(f"{field_path}: longer than {limit} characters",
+                                expression=field_path))
+        elif "\x00" in value:
+            issues.append(Issue(f"{field_path}: must not contain NUL (U+0000)",
+                                expression=field_path))
+    return issues
+
+
+def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+def _insert_ignore(conn: Connection, table: Table, key: str) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=[key])
+
+
+def open_store(config: Config, *, migrate_now: bool = True) -> SqlStore:
+    """The store for ``config.database_url``, migrated to the newest schema.
+
+    Called by ``create_app`` (before gunicorn forks, with ``--preload``): it
+    migrates under a cross-process lock, then drops every connection so that
+    each worker opens its own.
+    """
+    url = config.database_url
+    build_engine(url).dispose()  # fail fast on an unsupported URL
+    if migrate_now:
+        try:
+            revision = migrate(url)
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"MSKCDS_DATABASE_URL ({describe_url(url)}): cannot open or "
+                              f"migrate the database: {exc.__class__.__name__}") from None
+        log.info("database ready", extra={"fields": {"database": make_url(url).get_backend_name(),
+                                                     "revision": revision}})
+    return SqlStore(url, unknown_card=config.feedback_unknown_card)

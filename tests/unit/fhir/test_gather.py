@@ -1,0 +1,434 @@
+"""cds.fhir.gather: prefetch handling, FHIR-server fallback, time limits, paging, token and SSRF rules.
+
+Every fallback test talks real HTTP to tests/fhir_test_server.py and checks what it was asked.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from cds.config import Config
+from cds.errors import PrefetchUnavailable
+from cds.fhir.gather import Unavailable, bundle_resources, gather, make_session, render, within_base
+from fhir_test_server import outcome, searchset
+
+TOKEN = "tok-" + uuid.uuid4().hex
+LOINC = "http://loinc.org"
+# LOINC 1989-3: 25-hydroxyvitamin D3+D2 [Mass/volume] in Serum or Plasma; 38265-5: DXA T-score.
+TEMPLATES = {
+    "patient": "Patient/{{context.patientId}}",
+    "observations": ("Observation?patient={{context.patientId}}"
+                     "&code=http://loinc.org|1989-3,http://loinc.org|38265-5&_sort=-date&_count=5"),
+    "conditions": "Condition?patient={{context.patientId}}",
+    "medications": "MedicationRequest?patient={{context.patientId}}",
+}
+
+
+def cfg(**over: Any) -> Config:
+    base = dict(fhir_connect_timeout=1.0, fhir_read_timeout=2.0, fhir_total_budget=3.0,
+                fhir_max_pages=10, fhir_max_workers=4)
+    base.update(over)
+    return Config().replace(**base)
+
+
+def patient(pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1950-01-02"}
+
+
+def obs(oid: str, pid: str = "p1", code: str = "1989-3", day: int = 1, value: float = 20.0) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": code}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": f"2024-01-{day:02d}", "valueQuantity": {"value": value}}
+
+
+def request(prefetch: dict[str, Any] | None = None, fhir_server: str | None = None,
+            token: str | None = TOKEN, pid: str = "p1", **context: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+                            "context": {"userId": "Practitioner/dr1", "patientId": pid, **context},
+                            "prefetch": prefetch or {}}
+    if fhir_server:
+        body["fhirServer"] = fhir_server
+        if token:
+            body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer",
+                                         "expires_in": 300, "scope": "patient/*.read",
+                                         "subject": "ehr"}
+    return body
+
+
+def full_prefetch(pid: str = "p1") -> dict[str, Any]:
+    return {"patient": patient(pid), "observations": searchset([obs("o1", pid)]),
+            "conditions": searchset([]), "medications": None}
+
+
+@pytest.fixture(autouse=True)
+def _clean(fhir, foreign):
+    fhir.reset()
+    foreign.reset()
+    yield
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = make_session(cfg())
+    yield s
+    s.close()
+
+
+def run(templates, req, session, **over):
+    return gather(templates, req, config=cfg(**over), session=session)
+
+
+# --------------------------------------------------------------------------- templates
+def test_render_context_and_user_tokens_url_encoded():
+    ctx = {"patientId": "a b&c", "userId": "PractitionerRole/r-1", "list": ["x", "y/z"]}
+    assert render("Patient/{{context.patientId}}", ctx) == "Patient/a%20b%26c"
+    assert render("PractitionerRole?_id={{userPractitionerRoleId}}", ctx) == "PractitionerRole?_id=r-1"
+    assert render("X?ids={{ context.list }}", ctx) == "X?ids=x,y%2Fz"
+
+
+@pytest.mark.parametrize("template", [
+    "Practitioner/{{userPractitionerId}}",       # userId is a PractitionerRole
+    "Encounter/{{context.encounterId}}",          # not in the context
+    "X?d={{context.draft}}",                      # an object, not a string
+    "X?u={{unknownToken}}",
+])
+def test_unresolvable_tokens_raise(template):
+    with pytest.raises(Unavailable):
+        render(template, {"patientId": "p1", "userId": "PractitionerRole/r-1", "draft": {"a": 1}})
+
+
+def test_unresolvable_template_makes_its_key_unavailable_not_a_crash(fhir, session):
+    templates = {"patient": TEMPLATES["patient"], "enc": "Encounter/{{context.encounterId}}"}
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(templates, request({"patient": patient()}, fhir.base_url), session)
+    assert set(err.value.keys) == {"enc"}
+    assert fhir.asked() == []
+
+
+# --------------------------------------------------------------------------- origin rule
+@pytest.mark.parametrize("url,ok", [
+    ("http://h:8080/fhir/Observation?x=1", True),
+    ("http://h:8080/fhir", True),
+    ("http://H:8080/fhir/Patient/1", True),
+    ("http://h:8081/fhir/Patient/1", False),      # other port
+    ("https://h:8080/fhir/Patient/1", False),     # other scheme
+    ("http://evil:8080/fhir/Patient/1", False),   # other host
+    ("http://h:8080/fhirx/Patient/1", False),     # not under the base path
+    ("http://h:8080/other", False),
+    ("http://h:8080/fhir/../admin", False),
+    ("http://user@evil:8080/fhir/x", False),
+    ("http://evil\\@h:8080/fhir/x", False),     # parsers disagree on backslashes
+    ("http://x:y@h:8080/fhir/x", False),          # credentials in the URL
+    ("http://h:8080/fhir/x y", False),
+    ("http://h:8080/fhir/x\r\nHost: evil", False),
+    ("/fhir/Patient/1", False),                   # relative: resolved before the check
+])
+def test_within_base(url, ok):
+    assert within_base(url, "http://h:8080/fhir") is ok
+
+
+def test_default_port_is_the_same_origin():
+    assert within_base("https://h:443/r4/Patient/1", "https://h/r4")
+
+
+# --------------------------------------------------------------------------- bundle entries
+def test_bundle_entries_kept_and_dropped():
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": obs("o1")},
+        {"fullUrl": "urn:uuid:no-resource"},
+        {"resource": {"no": "resourceType"}},
+        "not an object",
+        {"resource": outcome("informational", "x"), "search": {"mode": "outcome"}},
+        {"resource": patient(), "search": {"mode": "include"}},
+        {"resource": {"resourceType": "Condition", "id": "c1"}, "search": {"mode": "match"}},
+    ]}
+    kept = bundle_resources(bundle, "Observation")
+    assert [(r["resourceType"], r["id"]) for r in kept] == [("Observation", "o1"), ("Patient", "p1")]
+
+
+# --------------------------------------------------------------------------- prefetch
+def test_complete_prefetch_sends_no_http_even_without_fhir_server(session):
+    got = run(TEMPLATES, request(full_prefetch()), session)
+    assert got.source == {"patient": "prefetch", "observations": "prefetch",
+                          "conditions": "prefetch", "medications": "null"}
+    assert [r["id"] for r in got.resources()] == ["p1", "o1"]
+
+
+def test_keys_the_service_did_not_declare_are_ignored(session):
+    prefetch = {**full_prefetch(), "Observation": searchset([obs("other")])}
+    got = run(TEMPLATES, request(prefetch), session)
+    assert "other" not in {r["id"] for r in got.resources()}
+
+
+def test_absent_keys_fetched_with_bearer_token(fhir, session):
+    fhir.token = TOKEN
+    fhir.load(patient(), obs("o1", day=3), obs("o2", day=5), obs("x", pid="p2"),
+              {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+               "code": {"coding": [{"system": "http://snomed.info/sct", "code": "64859006"}]}})
+    got = run(TEMPLATES, request({"medications": None}, fhir.base_url), session)
+    assert got.source == {"patient": "fhir", "observations": "fhir", "conditions": "fhir",
+                          "medications": "null"}
+    assert [r["id"] for r in got.by_key["observations"]] == ["o2", "o1"]  # _sort=-date
+    assert [r["id"] for r in got.by_key["conditions"]] == ["c1"]
+    asked = fhir.asked()
+    assert sorted(r.resource_type for r in asked) == ["Condition", "Observation", "Patient"]
+    assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in asked)
+    obs_query = fhir.asked("Observation")[0].query
+    assert obs_query["patient"] == ["p1"]
+    assert obs_query["code"] == ["http://loinc.org|1989-3,http://loinc.org|38265-5"]
+
+
+def test_open_server_without_fhir_authorization_gets_no_authorization_header(fhir, session):
+    fhir.load(patient())
+    got = run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url, token=None), session)
+    assert got.by_key["patient"][0]["id"] == "p1"
+    assert "Authorization" not in fhir.asked()[0].headers
+
+
+def test_null_is_not_fetched(fhir, session):
+    fhir.load(patient())
+    got = run(TEMPLATES, request({"observations": None, "conditions": None, "medications": None},
+                                 fhir.base_url), session)
+    assert got.by_key["observations"] == [] and got.source["observations"] == "null"
+    assert [r.resource_type for r in fhir.asked()] == ["Patient"]
+
+
+def test_operation_outcome_is_treated_as_not_supplied(fhir, session):
+    fhir.load(patient(), obs("o1"))
+    prefetch = {**full_prefetch(), "observations": outcome("too-costly", "search too large")}
+    got = run(TEMPLATES, request(prefetch, fhir.base_url), session)
+    assert got.source["observations"] == "fhir"
+    assert [r.resource_type for r in fhir.asked()] == ["Observation"]
+
+
+def test_prefetched_patient_of_another_id_or_type_is_refetched(fhir, session):
+    fhir.load(patient())
+    for wrong in (patient("someone-else"), {"resourceType": "Practitioner", "id": "p1"}):
+        fhir.reset(keep_resources=True)
+        got = run({"patient": TEMPLATES["patient"]}, request({"patient": wrong}, fhir.base_url), session)
+        assert got.by_key["patient"] == [patient()]
+        assert [r.path for r in fhir.asked()] == ["/fhir/Patient/p1"]
+
+
+def test_search_answer_keeps_only_the_searched_type_and_includes(fhir, session):
+    def answer(path, query):
+        if path.endswith("/Observation"):
+            body = {"resourceType": "Bundle", "type": "searchset", "entry": [
+                {"resource": obs("o1")}, {"resource": patient("p9")},
+                {"resource": patient(), "search": {"mode": "include"}},
+                {"resource": outcome("informational", "note"), "search": {"mode": "outcome"}}]}
+            return 200, {}, json.dumps(body).encode()
+        return None
+    fhir.override = answer
+    got = run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session)
+    assert [(r["resourceType"], r["id"]) for r in got.by_key["observations"]] == [
+        ("Observation", "o1"), ("Patient", "p1")]
+
+
+# --------------------------------------------------------------------------- paging
+def test_paging_follows_next_links_on_the_fhir_server(fhir, session):
+    fhir.load(patient(), *[obs(f"o{i}", day=i) for i in range(1, 13)])
+    got = run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session)
+    assert [r["id"] for r in got.by_key["observations"]] == [f"o{i}" for i in range(12, 0, -1)]
+    assert len(fhir.asked("Observation")) == 3  # _count=5 → 5 + 5 + 2
+
+
+def test_paged_prefetch_bundle_is_completed_from_the_fhir_server(fhir, session):
+    fhir.token = TOKEN
+    fhir.load(*[obs(f"o{i}", day=i) for i in range(1, 8)])
+    first = searchset([obs("o7", day=7), obs("o6", day=6)],
+                      next_url=f"{fhir.base_url}/Observation?patient=p1&_sort=-date&_count=2&_offset=2")
+    got = run({"observations": TEMPLATES["observations"]},
+              request({"observations": first}, fhir.base_url), session)
+    assert [r["id"] for r in got.by_key["observations"]] == ["o7", "o6", "o5", "o4", "o3", "o2", "o1"]
+    assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in fhir.asked())
+
+
+def test_relative_next_link_is_resolved_on_the_fhir_server(fhir, session):
+    fhir.load(*[obs(f"o{i}", day=i) for i in range(1, 5)])
+    first = searchset([obs("o4", day=4)], next_url="Observation?patient=p1&_sort=-date&_count=3&_offset=1")
+    got = run({"observations": TEMPLATES["observations"]},
+              request({"observations": first}, fhir.base_url), session)
+    assert [r["id"] for r in got.by_key["observations"]] == ["o4", "o3", "o2", "o1"]
+    assert [a.path for a in fhir.asked()] == ["/fhir/Observation"]
+
+
+def test_paged_prefetch_without_fhir_server_is_412(session):
+    first = searchset([obs("o1")], next_url="http://127.0.0.1:9/fhir/Observation?page=2")
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"observations": TEMPLATES["observations"]}, request({"observations": first}), session)
+    assert set(err.value.keys) == {"observations"}
+
+
+def test_next_link_to_another_host_is_not_followed(fhir, foreign, session):
+    foreign.load(obs("evil"))
+    first = searchset([obs("o1")], next_url=f"{foreign.base_url}/Observation?patient=p1")
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"observations": TEMPLATES["observations"]},
+            request({"observations": first}, fhir.base_url), session)
+    assert "outside fhirServer" in err.value.keys["observations"]
+    assert foreign.asked() == []
+
+
+def test_next_link_from_the_server_to_another_host_is_not_followed(fhir, foreign, session):
+    def answer(path, query):
+        return 200, {}, json.dumps(
+            searchset([obs("o1")], next_url=f"{foreign.base_url}/Observation?p=2")).encode()
+    fhir.override = answer
+    with pytest.raises(PrefetchUnavailable):
+        run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session)
+    assert foreign.asked() == []
+
+
+def test_more_pages_than_allowed_is_412(fhir, session):
+    fhir.load(*[obs(f"o{i}", day=i) for i in range(1, 13)])
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session,
+            fhir_max_pages=2)
+    assert "more than 2 pages" in err.value.keys["observations"]
+    assert len(fhir.asked()) == 2
+
+
+# --------------------------------------------------------------------------- redirects / token
+def test_redirect_to_another_origin_is_not_followed_and_the_token_stays(fhir, foreign, session):
+    foreign.load(patient())
+    fhir.override = lambda path, q: (302, {"Location": f"{foreign.base_url}/Patient/p1"}, b"")
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session)
+    assert "redirect" in err.value.keys["patient"]
+    assert foreign.asked() == []
+
+
+def test_same_origin_redirect_is_followed_and_its_answer_checked(fhir, session):
+    fhir.load(patient())
+    fhir.override = lambda path, q: ((301, {"Location": "/fhir/Patient/p1"}, b"")
+                                     if path == "/fhir/Patient/old" else None)
+    # The redirect is followed (same origin), but it leads to another patient: refused.
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url, pid="old"), session)
+    assert "different Patient" in err.value.keys["patient"]
+    assert [r.path for r in fhir.asked()] == ["/fhir/Patient/old", "/fhir/Patient/p1"]
+
+
+def test_same_origin_redirect_to_the_same_patient_is_used(fhir, session):
+    fhir.load(patient())
+    fhir.override = lambda path, q: ((307, {"Location": "/fhir/Patient/p1?moved=1"}, b"")
+                                     if "moved" not in q and path == "/fhir/Patient/p1" else None)
+    got = run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session)
+    assert got.by_key["patient"] == [patient()]
+    assert len(fhir.asked()) == 2
+
+
+def test_token_never_logged(fhir, session, caplog):
+    fhir.fail_status = 500
+    caplog.set_level(logging.DEBUG, logger="mskcds")
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(TEMPLATES, request({}, fhir.base_url), session)
+    ours = [r for r in caplog.records if r.name.startswith("mskcds")]
+    assert ours, "the fetch outcome is logged"
+    logged = " ".join(r.getMessage() + json.dumps(getattr(r, "fields", {})) for r in ours)
+    assert TOKEN not in logged + str(err.value) + json.dumps(err.value.body())
+    assert "p1" not in logged  # no patient id (URLs) in our logs either
+
+
+# --------------------------------------------------------------------------- failures → 412
+def test_wrong_token_is_412(fhir, session):
+    fhir.token = "the-right-one"
+    fhir.load(patient())
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session)
+    assert "401" in err.value.keys["patient"]
+
+
+def test_error_server_is_412_naming_every_missing_key(fhir, session):
+    fhir.fail_status = 500
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(TEMPLATES, request({"medications": None}, fhir.base_url), session)
+    assert set(err.value.keys) == {"patient", "observations", "conditions"}
+    assert err.value.status == 412
+    assert {i["expression"][0] for i in err.value.body()["issue"]} == {
+        "prefetch.patient", "prefetch.observations", "prefetch.conditions"}
+
+
+def test_unknown_patient_is_412(fhir, session):
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session)
+    assert "404" in err.value.keys["patient"]
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"<html>not json</html>", "not JSON"),
+    (b'{"resourceType": "Practitioner", "id": "p1"}', "other than a Patient"),
+    (b'{"resourceType": "Patient", "id": "p2"}', "different Patient"),
+    (b'[1, 2]', "other than a Patient"),
+])
+def test_wrong_answers_are_412(fhir, session, body, why):
+    fhir.override = lambda path, q: (200, {}, body)
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session)
+    assert why in err.value.keys["patient"]
+
+
+def test_search_answered_with_a_resource_not_a_bundle_is_412(fhir, session):
+    fhir.override = lambda path, q: (200, {}, b'{"resourceType": "Observation", "id": "o1"}')
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session)
+    assert "Bundle" in err.value.keys["observations"]
+
+
+def test_no_fhir_server_and_missing_keys_is_412(session):
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(TEMPLATES, request({"patient": patient(), "medications": None}), session)
+    assert set(err.value.keys) == {"observations", "conditions"}
+    assert all("no fhirServer" in why for why in err.value.keys.values())
+
+
+def test_unreachable_server_is_412_quickly(session):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(PrefetchUnavailable):
+        run({"patient": TEMPLATES["patient"]}, request({}, f"http://127.0.0.1:{port}/fhir"), session)
+    assert time.monotonic() - started < 2.0
+
+
+# --------------------------------------------------------------------------- time
+def test_slow_server_is_412_within_the_budget(fhir, session):
+    fhir.load(patient())
+    fhir.delay = 3.0
+    started = time.monotonic()
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(TEMPLATES, request({}, fhir.base_url), session,
+            fhir_read_timeout=5.0, fhir_total_budget=1.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + 0.5, elapsed
+    assert set(err.value.keys) == set(TEMPLATES)
+
+
+def test_read_timeout_is_412(fhir, session):
+    fhir.load(patient())
+    fhir.delay = 1.5
+    started = time.monotonic()
+    with pytest.raises(PrefetchUnavailable) as err:
+        run({"patient": TEMPLATES["patient"]}, request({}, fhir.base_url), session,
+            fhir_read_timeout=0.5, fhir_total_budget=5.0)
+    assert time.monotonic() - started < 1.3
+    assert "in time" in err.value.keys["patient"]
+
+
+def test_independent_fetches_run_concurrently(fhir, session):
+    fhir.load(patient(), obs("o1"))
+    fhir.delay = 0.6
+    started = time.monotonic()
+    got = run(TEMPLATES, request({}, fhir.base_url), session, fhir_total_budget=5.0)
+    elapsed = time.monotonic() - started
+    assert set(got.source) == set(TEMPLATES)
+    assert elapsed < 4 * 0.6 * 0.75, elapsed  # four fetches, far less than four delays
