@@ -111,9 +111,124 @@ class PatientViewContextSchema(Schema):
     encounterId = fields.String(validate=validate.Regexp(FHIR_ID, error="must be a bare FHIR id"))
 
 
+# --------------------------------------------------------------------------- order hooks
+#: The request resources a draftOrders Bundle may hold (CDS Hooks Library 1.0.1, order-select and
+#: order-sign context logicals: "FHIR Bundle of MedicationRequest, NutritionOrder, ServiceRequest,
+#: VisionPrescription with draft status").
+DRAFT_ORDER_TYPES = ("MedicationRequest", "NutritionOrder", "ServiceRequest", "VisionPrescription")
+#: More draft orders than this in one call is not an ordering session: refused, not read.
+MAX_DRAFT_ORDERS = 200
+#: CDS Hooks Library ord-1 ("Must be in the format {type}/{id}"), with a FHIR id.
+ORDER_REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+_ORDER_USER = validate.Regexp(
+    r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$",
+    error="must be Practitioner/<id> or PractitionerRole/<id> (the ordering clinician)")
+
+
+def _names_patient(ref: Any, patient_id: str) -> bool:
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("reference"), str):
+        return False
+    value = ref["reference"].split("/_history/", 1)[0]
+    return value == f"Patient/{patient_id}" or value.endswith(f"/Patient/{patient_id}")
+
+
+def draft_order_problems(bundle: Any, patient_id: Any, hook: str) -> dict[str, Any]:
+    """marshmallow-style error messages for a draftOrders Bundle ({} when it is usable)."""
+    if not isinstance(bundle, Mapping):
+        return {"draftOrders": ["must be a FHIR Bundle (JSON object)"]}
+    if bundle.get("resourceType") != "Bundle":
+        return {"draftOrders": {"resourceType": ["must be 'Bundle'"]}}
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        return {"draftOrders": {"entry": ["must be a list of Bundle entries"]}}
+    if len(entries) > MAX_DRAFT_ORDERS:
+        return {"draftOrders": {"entry": [f"more than {MAX_DRAFT_ORDERS} draft orders"]}}
+    bad: dict[int, Any] = {}
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping):
+            bad[i] = {"resource": ["is required (a FHIR resource)"]}
+            continue
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in DRAFT_ORDER_TYPES:
+            shown = repr(rtype[:40]) if isinstance(rtype, str) else "missing"
+            bad[i] = {"resource": {"resourceType": [
+                f"{shown} is not an order type the {hook} hook allows "
+                f"({', '.join(DRAFT_ORDER_TYPES)})"]}}
+            continue
+        rid = resource.get("id")
+        if rid is not None:
+            if not isinstance(rid, str) or not FHIR_ID.match(rid):
+                bad[i] = {"resource": {"id": ["must be a FHIR id"]}}
+                continue
+            if f"{rtype}/{rid}" in seen:
+                bad[i] = {"resource": {"id": [f"{rtype}/{rid} appears twice in draftOrders"]}}
+                continue
+            seen.add(f"{rtype}/{rid}")
+        field_name = "patient" if rtype == "NutritionOrder" else "subject"
+        ref = resource.get(field_name)
+        if ref is not None and isinstance(patient_id, str) and not _names_patient(ref, patient_id):
+            bad[i] = {"resource": {field_name: ["names another patient than context.patientId"]}}
+    return {"draftOrders": {"entry": bad}} if bad else {}
+
+
+def draft_order_refs(bundle: Mapping[str, Any]) -> set[str]:
+    """``Type/id`` of every draft order that has an id."""
+    out = set()
+    for entry in bundle.get("entry", []) or []:
+        res = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(res, Mapping) and isinstance(res.get("id"), str):
+            out.add(f"{res.get('resourceType')}/{res['id']}")
+    return out
+
+
+class OrderSignContextSchema(Schema):
+    """order-sign context (CDS Hooks Library 1.0.1, order-sign 1.0)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    userId = fields.String(required=True, validate=_ORDER_USER)
+    patientId = fields.String(required=True, validate=validate.Regexp(
+        FHIR_ID, error="must be a bare FHIR Patient id (no 'Patient/' prefix)"))
+    encounterId = fields.String(validate=validate.Regexp(FHIR_ID, error="must be a bare FHIR id"))
+    draftOrders = fields.Raw(required=True)
+    hook_name = "order-sign"
+
+    @validates_schema(skip_on_field_errors=False)
+    def _draft_orders(self, data: dict, **kwargs: Any) -> None:
+        if "draftOrders" in data:
+            problems = draft_order_problems(data["draftOrders"], data.get("patientId"), self.hook_name)
+            if problems:
+                raise ValidationError(problems)
+
+
+class OrderSelectContextSchema(OrderSignContextSchema):
+    """order-select context (CDS Hooks Library 1.0.1, order-select 1.0): ``selections`` name
+    the newly selected orders, each one in ``draftOrders``."""
+
+    selections = fields.List(fields.String(validate=validate.Regexp(
+        ORDER_REFERENCE, error="must be <resourceType>/<id>")), required=True,
+        validate=validate.Length(min=1))
+    hook_name = "order-select"
+
+    @validates_schema(skip_on_field_errors=True)
+    def _selections(self, data: dict, **kwargs: Any) -> None:
+        if draft_order_problems(data["draftOrders"], data.get("patientId"), self.hook_name):
+            return   # the Bundle itself is reported; a selection cannot be checked against it
+        known = draft_order_refs(data["draftOrders"])
+        bad = {i: [f"{ref[:80]!r} names no order in draftOrders"]
+               for i, ref in enumerate(data["selections"]) if ref not in known}
+        if bad:
+            raise ValidationError({"selections": bad})
+
+
 #: hook name → context schema (instances are reused: marshmallow 4 schemas keep no per-call
 #: state). A service answers only the hook it declares.
-CONTEXT_SCHEMAS: dict[str, Schema] = {"patient-view": PatientViewContextSchema()}
+CONTEXT_SCHEMAS: dict[str, Schema] = {"patient-view": PatientViewContextSchema(),
+                                      "order-select": OrderSelectContextSchema(),
+                                      "order-sign": OrderSignContextSchema()}
 
 
 class HookRequestSchema(Schema):
