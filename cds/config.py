@@ -10,15 +10,50 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 PREFIX = "MSKCDS_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where a built wheel carries the repository's top-level rules/ (see setup.py).
+PACKAGED_RULES = "_rules"
 
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used; start-up stops."""
+
+
+def default_rules_dir() -> Path:
+    """The clinical rules shipped with this installation.
+
+    An installed wheel carries them inside the package (``cds/_rules``, found with
+    importlib.resources); a source checkout or an editable install reads the
+    repository's top-level ``rules/``. ``MSKCDS_RULES_DIR`` overrides both.
+    """
+    packaged = resources.files("cds") / PACKAGED_RULES
+    if isinstance(packaged, Path) and (packaged / "citations.yaml").is_file():
+        return packaged
+    return REPO_ROOT / "rules"
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the service writes by default (the SQLite feedback store and replay cache):
+    the user's data directory, ``$XDG_DATA_HOME/mskcds`` (``~/.local/share/mskcds``).
+
+    Not the current directory: every command (the server, a cron ``mskcds purge``, a
+    ``feedback-report`` run from elsewhere) must meet the same database file. Never the
+    install folder, which may be read-only and is replaced by an upgrade.
+    """
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME", "").strip()
+    if base and Path(base).is_absolute():
+        return Path(base) / "mskcds"
+    try:
+        return Path.home() / ".local" / "share" / "mskcds"
+    except RuntimeError:  # no HOME and no passwd entry (some containers)
+        raise ConfigError("MSKCDS_DATA_DIR is not set and there is no home directory to put "
+                          "the data in: set MSKCDS_DATA_DIR to a writable directory") from None
 
 
 def _bool(text: str) -> bool:
@@ -37,7 +72,7 @@ def _list(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Config:
     # --- clinical knowledge -------------------------------------------------
-    rules_dir: Path = REPO_ROOT / "rules"
+    rules_dir: Path = field(default_factory=default_rules_dir)
     vitamin_d_profile: str = "endocrine-society-2011"
     sarcopenia_profile: str = "ewgsop2-2019"
     # --- HTTP edge ----------------------------------------------------------
@@ -50,8 +85,9 @@ class Config:
     allowed_fhir_servers: tuple[str, ...] = ()
     jwt_leeway_seconds: int = 30
     jwks_cache_seconds: int = 3600
-    # "memory" (per worker process!) or a SQLAlchemy URL shared by all workers/instances
-    replay_cache_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'mskcds-replay.sqlite3'}"
+    # "memory" (per worker process!) or a SQLAlchemy URL shared by all workers/instances;
+    # "" = the SQLite file mskcds-replay.sqlite3 in data_dir
+    replay_cache_url: str = ""
     # --- FHIR server fallback ----------------------------------------------
     fhir_connect_timeout: float = 1.0
     fhir_read_timeout: float = 3.0
@@ -59,7 +95,9 @@ class Config:
     fhir_max_pages: int = 10
     fhir_max_workers: int = 4
     # --- feedback storage (issue 5) ----------------------------------------
-    database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'mskcds.sqlite3'}"
+    # --- where defaults write ("" URLs above and below: a SQLite file in data_dir) -------
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""
     feedback_unknown_card: str = "reject"  # or "flag"
     admin_summary_enabled: bool = False
     retention_days: int = 365
@@ -92,6 +130,16 @@ class Config:
             raise ConfigError(str(exc)) from exc
         config.check()
         return config
+
+    def __post_init__(self) -> None:
+        # Derived defaults: SQLite files in data_dir, unless a URL is given.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
+        if not self.database_url:
+            object.__setattr__(self, "database_url",
+                               f"sqlite:///{Path(self.data_dir) / 'mskcds.sqlite3'}")
+        if not self.replay_cache_url:
+            object.__setattr__(self, "replay_cache_url",
+                               f"sqlite:///{Path(self.data_dir) / 'mskcds-replay.sqlite3'}")
 
     def check(self) -> None:
         if self.max_body_bytes <= 0:

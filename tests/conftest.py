@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -16,6 +17,9 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+# Nothing a test starts writes to the user's data directory (the default MSKCDS_DATA_DIR):
+# one throw-away directory per test session, inherited by every server process.
+os.environ.setdefault("MSKCDS_DATA_DIR", tempfile.mkdtemp(prefix="mskcds-test-data-"))
 SHARED = REPO.parent / "shared" / "external"
 EXAMPLES = REPO / "fhir_examples"
 
