@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 
 from cds.config import Config
 from cds.errors import PrefetchUnavailable
+from cds.urls import base_url
 
 log = logging.getLogger("mskcds.gather")
 
@@ -225,7 +226,7 @@ class _Fetcher:
 
     def __init__(self, base: str, token: str | None, config: Config,
                  session: requests.Session, deadline: float):
-        self.base = base.rstrip("/")
+        self.base = base_url(base)
         self._headers = {"Accept": FHIR_JSON}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"

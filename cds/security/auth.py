@@ -42,6 +42,7 @@ from cds.security.clients import (ALLOWED_ALGORITHMS, JwksError, PublicKey, Trus
 from cds.config import Config, ConfigError
 from cds.errors import Unauthorized
 from cds.security.replay import ReplayCacheError, open_replay_cache, replay_key
+from cds.urls import same_base
 
 log = logging.getLogger("mskcds.auth")
 
@@ -144,10 +145,6 @@ def bearer_token(authorization: str | None) -> str:
     if not _TOKEN_RE.match(token):
         raise Unauthorized("bearer token is not a compact JWS (header.payload.signature)")
     return token
-
-
-def _same_url(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
 
 
 class Authenticator:
@@ -258,7 +255,7 @@ class Authenticator:
         auds = [aud] if isinstance(aud, str) else aud
         if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):
             raise Unauthorized(f"iss {_show(iss)}: aud must be a string or an array of strings")
-        if not any(_same_url(a, endpoint_url) for a in auds):
+        if not any(same_base(a, endpoint_url) for a in auds):
             raise Unauthorized(f"iss {_show(iss)}: aud {_show(auds, 160)} is not this endpoint "
                                f"({endpoint_url})")
         jti = claims["jti"]

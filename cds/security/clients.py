@@ -28,6 +28,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
 from cds.config import ConfigError
+from cds.urls import base_url
 
 # CDS Hooks 2.0 forbids "none" and symmetric (HMAC) algorithms and recommends ES384/RS384.
 ALLOWED_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512",
@@ -233,7 +234,7 @@ def _load_client(entry: Any, where: str, base_dir: Path) -> TrustedClient:
     servers = []
     for j, url in enumerate(servers_raw):
         try:
-            servers.append(check_url(url).rstrip("/"))
+            servers.append(base_url(check_url(url)))
         except ValueError as exc:
             raise ConfigError(f"{where}.fhir_servers[{j}]: {exc}") from None
     name = entry.get("name")
