@@ -20,26 +20,13 @@ from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
 from cds.hooks import wire
 from cds.config import Config
-from cds.errors import BadRequest, Issue, NotFound
+from cds.errors import BadRequest, Issue
+from cds.hooks.services import (SERVICES, Service, ServiceDeclaration, ServiceRegistry,
+                                resolve)
 from cds.knowledge.rules import Rules, load_rules
+from cds.urls import base_url
 
 log = logging.getLogger("mskcds.engine")
-
-
-@dataclass(frozen=True)
-class Service:
-    id: str
-    hook: str
-    title: str
-    description: str
-    prefetch: Mapping[str, str]
-
-    def definition(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hook": self.hook, "id": self.id, "title": self.title,
-                               "description": self.description}
-        if self.prefetch:
-            out["prefetch"] = dict(self.prefetch)
-        return out
 
 
 @dataclass(frozen=True)
@@ -50,42 +37,37 @@ class CallResult:
     response: dict[str, Any]
 
 
-def normalize_base_url(url: str) -> str:
-    return url.rstrip("/")
+#: An evaluator answers a validated hook request from the gathered FHIR resources.
+Evaluator = Callable[[Mapping[str, Any], list[dict[str, Any]]], dict[str, Any]]
 
 
 class Engine:
     def __init__(self, config: Config, rules: Rules | None = None,
                  http_session: Any | None = None,
-                 today: Callable[[], date] | None = None):
+                 today: Callable[[], date] | None = None,
+                 declarations: Iterable[ServiceDeclaration] = SERVICES):
         self.config = config
         self.rules = rules if rules is not None else load_rules(config)
         # One pooled HTTP session per Engine for FHIR-server fallback (shared by its threads).
         self.http_session = (http_session if http_session is not None
                              else gather_mod.make_session(config))
         self._today = today or (lambda: datetime.now(timezone.utc).date())
-        text = self.rules.service_text()   # title and description live in rules/cards.yaml
-        self.services: dict[str, Service] = {
-            "bone-muscle-health": Service(
-                id="bone-muscle-health",
-                hook="patient-view",
-                title=text["title"],
-                description=text["description"],
-                prefetch=self.rules.prefetch_templates(),
-            ),
-        }
+        #: The evaluators a declaration in cds.hooks.services may name.
+        self.evaluators: dict[str, Evaluator] = {"patient-record": self._patient_record}
+        templates = self.rules.prefetch_templates()
+        self.services = ServiceRegistry(
+            resolve(declaration, text=self.rules.service_text(), templates=templates,
+                    hooks=wire.CONTEXT_SCHEMAS, evaluators=self.evaluators)
+            for declaration in declarations)
         wire.check_outgoing(wire.DiscoverySchema(), self.discovery(), "discovery document")
 
     # ------------------------------------------------------------------ discovery
     def discovery(self) -> dict[str, Any]:
-        return {"services": [s.definition() for s in self.services.values()]}
+        return self.services.discovery()
 
     def service(self, service_id: str) -> Service:
-        try:
-            return self.services[service_id]
-        except KeyError:
-            raise NotFound(Issue(f"No CDS service with id {service_id!r}. "
-                                 f"GET /cds-services lists the services.", code="not-found")) from None
+        """The service, or NotFound (404)."""
+        return self.services.get(service_id)
 
     # ------------------------------------------------------------------ calls
     def call(self, service_id: str, payload: Any, *,
@@ -101,18 +83,23 @@ class Engine:
         request = wire.load_hook_request(payload, service.hook)
         fhir_server = request.get("fhirServer")
         if fhir_server is not None:
-            allowed = {normalize_base_url(u) for u in (allowed_fhir_servers or ())}
-            if normalize_base_url(fhir_server) not in allowed:
+            allowed = {base_url(u) for u in (allowed_fhir_servers or ())}
+            if base_url(fhir_server) not in allowed:
                 raise BadRequest(Issue(
                     "fhirServer is not a FHIR server this client is configured for; "
                     "the service sends no request to it.", expression="fhirServer",
                     code="security"))
-        patient_id = request["context"]["patientId"]
         gathered = gather_mod.gather(service.prefetch, request, config=self.config,
                                      session=self.http_session)
-        response = self.evaluate_resources(gathered.resources(), patient_id)
+        response = self.evaluators[service.evaluator](request, gathered.resources())
         return CallResult(service_id=service.id, hook=service.hook,
                           hook_instance=str(request["hookInstance"]), response=response)
+
+    # ------------------------------------------------------------------ evaluators
+    def _patient_record(self, request: Mapping[str, Any],
+                        resources: list[dict[str, Any]]) -> dict[str, Any]:
+        """The patient's record (prefetch or FHIR server) → cards."""
+        return self.evaluate_resources(resources, request["context"]["patientId"])
 
     def evaluate_resources(self, resources: Iterable[Mapping[str, Any]],
                            patient_id: str) -> dict[str, Any]:
