@@ -1,0 +1,22 @@
+"""CDS Hooks 2.0 feedback (``POST /cds-services/{id}/feedback``): what the clinician did
+with our cards, validated and stored all or nothing."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, g
+
+from cds.http.body import json_response, read_json
+from cds.http.state import authenticate, state
+
+blueprint = Blueprint("feedback", __name__)
+
+
+@blueprint.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    st = state()
+    authenticate(service_id)
+    st.engine.service(service_id)
+    g.log.update(service=service_id)
+    payload = read_json(st.config.max_body_bytes)
+    stored = st.store.record_feedback(service_id, payload)
+    g.log["feedback_items"] = stored
+    return json_response({"stored": stored}, 200)

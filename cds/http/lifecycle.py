@@ -1,0 +1,53 @@
+"""Around every request: a request id and timer, CORS (with the preflight), the headers
+every answer carries, and the one JSON request log line (no patient data, no tokens)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from cds import logs
+from cds.http.state import state
+
+
+def _start() -> Response | None:
+    g.start = time.perf_counter()
+    g.log = {"request_id": str(uuid.uuid4())}
+    if request.method == "OPTIONS":
+        return _preflight()
+    return None
+
+
+def _preflight() -> Response:
+    resp = Response(status=204)
+    del resp.headers["Content-Type"]  # no content, so no type (Flask's default: text/html)
+    resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    resp.headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", "Authorization, Content-Type")
+    resp.headers["Access-Control-Max-Age"] = "600"
+    return resp
+
+
+def _finish(resp: Response) -> Response:
+    cors_origins = state().config.cors_origins
+    origin = request.headers.get("Origin")
+    if "*" in cors_origins:
+        resp.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in cors_origins:
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Vary"] = "Origin"
+    resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+    resp.headers.setdefault("Cache-Control", "no-store")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    elapsed_ms = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
+    logs.request_line(method=request.method, path_template=request.url_rule.rule
+                      if request.url_rule else "<unmatched>",
+                      status=resp.status_code, latency_ms=round(elapsed_ms, 2),
+                      **g.get("log", {}))
+    return resp
+
+
+def register(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)

@@ -1,0 +1,34 @@
+"""CDS Hooks 2.0 discovery (``GET /cds-services``) and service calls
+(``POST /cds-services/{id}``): authenticate, read the body, let the engine answer,
+record the cards issued (for feedback)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, g
+
+from cds.http.body import json_response, read_json
+from cds.http.state import authenticate, state
+
+blueprint = Blueprint("services", __name__)
+
+
+@blueprint.get("/cds-services")
+def discovery() -> Response:
+    authenticate()
+    return json_response(state().engine.discovery())
+
+
+@blueprint.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    st = state()
+    client = authenticate(service_id)
+    st.engine.service(service_id)  # 404 before reading the body
+    g.log.update(service=service_id)
+    payload = read_json(st.config.max_body_bytes)
+    if isinstance(payload, dict) and isinstance(payload.get("hook"), str):
+        g.log["hook"] = payload["hook"][:40]
+    allowed = client.fhir_servers if client is not None else st.config.allowed_fhir_servers
+    result = st.engine.call(service_id, payload, allowed_fhir_servers=allowed)
+    st.store.record_issued(result.service_id, result.hook, result.hook_instance,
+                           result.response["cards"])
+    g.log["cards"] = len(result.response["cards"])
+    return json_response(result.response)
