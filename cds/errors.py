@@ -106,3 +106,28 @@ class PrefetchUnavailable(ServiceError):
                   expression=f"prefetch.{key}", code="incomplete")
             for key, why in sorted(self.keys.items())
         ])
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> list[Issue]:
+    """marshmallow's nested ``messages`` → one Issue per leaf, with a dotted path."""
+    issues: list[Issue] = []
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            if key == "_schema":
+                path = prefix
+            elif isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            issues.extend(flatten_errors(value, path))
+    elif isinstance(messages, (list, tuple)):
+        if all(isinstance(m, str) for m in messages):
+            for m in messages:
+                issues.append(Issue(f"{prefix}: {m}" if prefix else m, expression=prefix or None))
+        else:
+            for m in messages:
+                issues.extend(flatten_errors(m, prefix))
+    else:
+        issues.append(Issue(f"{prefix}: {messages}" if prefix else str(messages),
+                            expression=prefix or None))
+    return issues

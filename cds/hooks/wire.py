@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields,
                          validate, validates_schema)
 
-from cds.errors import BadRequest, Issue
+from cds.errors import BadRequest, Issue, flatten_errors
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FHIR_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
@@ -23,31 +23,6 @@ SUMMARY_MAX = 139  # the spec: "<140 characters"
 
 
 # --------------------------------------------------------------------------- helpers
-def flatten_errors(messages: Any, prefix: str = "") -> list[Issue]:
-    """marshmallow's nested ``messages`` → one Issue per leaf, with a dotted path."""
-    issues: list[Issue] = []
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            if key == "_schema":
-                path = prefix
-            elif isinstance(key, int):
-                path = f"{prefix}[{key}]"
-            else:
-                path = f"{prefix}.{key}" if prefix else str(key)
-            issues.extend(flatten_errors(value, path))
-    elif isinstance(messages, (list, tuple)):
-        if all(isinstance(m, str) for m in messages):
-            for m in messages:
-                issues.append(Issue(f"{prefix}: {m}" if prefix else m, expression=prefix or None))
-        else:
-            for m in messages:
-                issues.extend(flatten_errors(m, prefix))
-    else:
-        issues.append(Issue(f"{prefix}: {messages}" if prefix else str(messages),
-                            expression=prefix or None))
-    return issues
-
-
 def load_or_raise(schema: Schema, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, Mapping):
         raise BadRequest(Issue("The request body must be a JSON object.", expression=prefix or None))
