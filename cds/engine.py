@@ -48,6 +48,7 @@ class Engine:
                  declarations: Iterable[ServiceDeclaration] = SERVICES):
         self.config = config
         self.rules = rules if rules is not None else load_rules(config)
+        cards_mod.check_templates(self.rules)   # card text vs the findings' typed variables
         # One pooled HTTP session per Engine for FHIR-server fallback (shared by its threads).
         self.http_session = (http_session if http_session is not None
                              else gather_mod.make_session(config))

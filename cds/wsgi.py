@@ -3,7 +3,7 @@ import sys
 
 from cds import create_app
 from cds.config import ConfigError
-from cds.knowledge.rules import RulesError
+from cds.knowledge.loader import RulesError
 
 try:
     application = create_app()

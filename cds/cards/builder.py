@@ -4,31 +4,33 @@ Every word, citation, suggestion template and override reason comes from the
 loaded rules (rules/cards.yaml, rules/citations.yaml); this module only fills
 templates and lays the card out. Every card is checked with ``wire.check_card``
 before it leaves; card and suggestion uuids are fresh (uuid4) per card.
+
+A card's ``{placeholders}`` are its finding's typed variables (cds.clinical.findings)
+plus ``{title}``; ``check_templates`` holds rules/cards.yaml to that at start-up.
 """
 from __future__ import annotations
 
-import re
+import dataclasses
 import uuid
-from typing import Any, Mapping
+from datetime import date
+from typing import Any, Callable, Mapping
 
+from cds.clinical.facts import Measurement, PatientFacts
+from cds.clinical.findings import FINDING_VARIABLES, Applied, Finding, MassValue, variable_names
 from cds.hooks import wire
-from cds.clinical.facts import Finding, Measurement, PatientFacts
-from cds.knowledge.rules import Rules, applies, fmt_number
+from cds.knowledge import card_text
+from cds.knowledge.card_text import CardRules, CardText
+from cds.knowledge.intervals import fmt_number
+from cds.knowledge.loader import PLACEHOLDER
+from cds.knowledge.rules import Rules
+from cds.knowledge.vocabulary import CARD_VARIABLES
 
-_VD = {"title", "value", "unit", "date", "status", "profile", "regimen"}
-_DXA = {"title", "value", "site", "date", "profile", "age"}
-#: The template variables each card may use (checked against rules/cards.yaml at start-up).
-CARD_VARIABLES: dict[str, set[str]] = {
-    "vitamin-d-deficiency": _VD, "vitamin-d-insufficiency": _VD, "vitamin-d-excess": _VD,
-    "osteoporosis": _DXA, "low-bone-mass": _DXA, "bmd-below-expected-for-age": _DXA,
-    "dxa-screening-due": {"title", "age", "sex", "profile"},
-    "low-muscle-mass": {"title", "mass", "date", "profile"},
-    "sarcopenia-probable": {"title", "grip", "date", "profile"},
-    "sarcopenia-confirmed": {"title", "grip", "mass", "date", "profile"},
-    "sarcopenia-severe": {"title", "grip", "mass", "gait", "date", "profile"},
-    "osteosarcopenia": {"title", "bone", "sarcopenia", "date", "profile"},
-}
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+def check_templates(rules: Rules) -> None:
+    """Every placeholder in rules/cards.yaml is a variable its finding's dataclass provides
+    (or ``{title}``): a placeholder no finding provides stops start-up naming the field."""
+    allowed = {code: variable_names(code) | CARD_VARIABLES for code in FINDING_VARIABLES}
+    card_text.check_templates(rules.source_dir / card_text.FILE, rules.cards, allowed)
 
 
 def build_cards(findings: list[Finding], facts: PatientFacts, rules: Rules) -> list[dict[str, Any]]:
@@ -38,35 +40,33 @@ def build_cards(findings: list[Finding], facts: PatientFacts, rules: Rules) -> l
 def build_card(finding: Finding, facts: PatientFacts, rules: Rules) -> dict[str, Any]:
     cr = rules.cards
     card_rules = cr.findings[finding.code]
-    flags = finding.variables.get("flags", frozenset())
     values = template_values(finding, rules)
-    grade = finding.variables.get("grade")
-    summary_tpl = card_rules["summary_by_grade"].get(grade) if grade else None
-    summary = render(summary_tpl or card_rules["summary"], values)
+    grade = getattr(finding.variables, "grade", None)
+    summary_tpl = card_rules.summary_by_grade.get(grade) if grade else None
+    summary = render(summary_tpl or card_rules.summary, values)
     if len(summary) > wire.SUMMARY_MAX:
         summary = summary[:wire.SUMMARY_MAX - 1].rstrip() + "…"
 
-    citations = [rules.citations[c] for c in finding.variables.get("citations", ())
-                 if c in rules.citations]
+    citations = [rules.citations[c] for c in finding.citations if c in rules.citations]
     source_cit = citations[0] if citations else None
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": summary,
         "indicator": finding.indicator,
-        "detail": _detail(finding, card_rules, values, flags, rules),
-        "source": {"label": source_cit.label if source_cit else card_rules["title"],
-                   "topic": {"system": cr.finding_system, "code": finding.code,
-                             "display": card_rules["title"]}},
+        "detail": _detail(finding, card_rules, values, rules),
+        "source": {"label": source_cit.label if source_cit else card_rules.title,
+                   "topic": {"system": cr.finding_system, "code": str(finding.code),
+                             "display": card_rules.title}},
     }
     if source_cit:
         card["source"]["url"] = source_cit.url
-    suggestions = _suggestions(finding, facts, rules, card_rules["title"])
+    suggestions = _suggestions(finding, facts, rules, card_rules.title)
     if suggestions:
         card["suggestions"] = suggestions
-        card["selectionBehavior"] = card_rules.get("selection_behavior", "any")
+        card["selectionBehavior"] = card_rules.selection_behavior or "any"
     card["overrideReasons"] = [{"system": cr.override_system, "code": code,
                                 "display": cr.override_reasons[code]}
-                               for code in card_rules["override_reasons"]]
+                               for code in card_rules.override_reasons]
     if citations:
         card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in citations]
     wire.check_card(card)
@@ -75,7 +75,7 @@ def build_card(finding: Finding, facts: PatientFacts, rules: Rules) -> dict[str,
 
 # --------------------------------------------------------------------------- templates
 def render(template: str, values: Mapping[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
 
 
 def _value_text(m: Measurement) -> str:
@@ -90,88 +90,108 @@ def _with_unit(number: str, unit: str) -> str:
     return f"{number} {unit}" if unit else number
 
 
+def _measured(rules: Rules, m: Measurement) -> str:
+    return _with_unit(_value_text(m), _unit(rules, m.unit))
+
+
+def _masses(rules: Rules, masses: tuple[MassValue, ...]) -> str:
+    return ", ".join(
+        _with_unit(f"{rules.cards.measures[mv.measure]} {mv.comparator or ''}"
+                   f"{fmt_number(mv.value if mv.value is not None else 0.0)}", _unit(rules, mv.unit))
+        for mv in masses)
+
+
+def _component(rules: Rules, part: Finding) -> str:
+    return render(_short(rules.cards, part.code), template_values(part, rules))
+
+
+#: How a variable is shown in card text, by name (any other: str(), a date: ISO 8601).
+_FORMAT: dict[str, Callable[[Rules, Any], str]] = {
+    "value": lambda rules, m: _value_text(m),
+    "unit": _unit,
+    "site": lambda rules, site: rules.cards.sites.get(site, site),
+    "sex": lambda rules, sex: rules.cards.labels.sex.get(sex, sex),
+    "grip": _measured,
+    "gait": _measured,
+    "mass": _masses,
+    "bone": _component,
+    "sarcopenia": _component,
+    "regimen": lambda rules, text: str(text or ""),
+}
+_OPTIONAL_EMPTY = frozenset({"regimen"})   # shown as "" when the finding has none
+
+
 def template_values(finding: Finding, rules: Rules) -> dict[str, str]:
-    cr = rules.cards
-    v = finding.variables
-    out: dict[str, str] = {"title": cr.findings[finding.code]["title"],
-                           "profile": str(v.get("profile", ""))}
-    if v.get("date") is not None:
-        out["date"] = v["date"].isoformat()
-    key: Measurement | None = v.get("key")
-    if key is not None:
-        out["value"] = _value_text(key)
-        out["unit"] = _unit(rules, key.unit)
-        if key.site:
-            out["site"] = cr.sites.get(key.site, key.site)
-    if "status" in v:
-        out["status"] = str(v["status"])
-    if "regimen" in v:
-        out["regimen"] = str(v["regimen"] or "")
-    if v.get("age") is not None:
-        out["age"] = str(v["age"])
-    if v.get("sex"):
-        out["sex"] = cr.labels["sex"].get(v["sex"], v["sex"])
-    if v.get("grip") is not None:
-        out["grip"] = _with_unit(_value_text(v["grip"]), _unit(rules, v["grip"].unit))
-    if v.get("gait") is not None:
-        out["gait"] = _with_unit(_value_text(v["gait"]), _unit(rules, v["gait"].unit))
-    if v.get("mass_low"):
-        out["mass"] = ", ".join(
-            _with_unit(f"{cr.measures[mv.measure]} {mv.comparator or ''}{fmt_number(mv.value)}",
-                       _unit(rules, mv.unit))
-            for mv in v["mass_low"])
-    if finding.code == "osteosarcopenia":
-        bone, sarcopenia = v["components"]
-        out["bone"] = render(_short(cr, bone.code), template_values(bone, rules))
-        out["sarcopenia"] = render(_short(cr, sarcopenia.code), template_values(sarcopenia, rules))
+    """The finding's variables as card text (a variable that is None or empty is left out,
+    except those shown as empty text)."""
+    out: dict[str, str] = {"title": rules.cards.findings[finding.code].title}
+    for f in dataclasses.fields(finding.variables):
+        value = getattr(finding.variables, f.name)
+        if (value is None or value == ()) and f.name not in _OPTIONAL_EMPTY:
+            continue
+        formatter = _FORMAT.get(f.name)
+        if formatter is not None:
+            out[f.name] = formatter(rules, value)
+        elif isinstance(value, date):
+            out[f.name] = value.isoformat()
+        else:
+            out[f.name] = str(value)
     return out
 
 
-def _short(cr: Any, code: str) -> str:
+def _short(cr: CardRules, code: str) -> str:
     card = cr.findings[code]
-    return card.get("short") or card["title"]
+    return card.short or card.title
 
 
 # --------------------------------------------------------------------------- detail
-def _detail(finding: Finding, card_rules: Mapping[str, Any], values: Mapping[str, str],
-            flags: frozenset[str], rules: Rules) -> str:
+def _detail(finding: Finding, card_rules: CardText, values: Mapping[str, str], rules: Rules) -> str:
+    labels = rules.cards.labels
+    flags = finding.flags
+    parts = [render(card_rules.detail, values)]
+
+    rows = _value_rows(finding, rules)
+    if rows:
+        parts.append(f"**{labels.values}**\n\n" + "\n".join(rows))
+
+    criteria = [_criterion_row(c, rules) for c in finding.criteria]
+    if criteria:
+        parts.append(f"**{labels.classified}**\n\n" + "\n".join(criteria))
+
+    notes = [f"- {text.strip()}" for flag, text in card_rules.notes.items() if flag in flags]
+    if notes:
+        parts.append(f"**{labels.notes}**\n\n" + "\n".join(notes))
+
+    steps = [f"- {render(s.text, values)}" for s in card_rules.next_steps if s.applies(flags)]
+    if steps:
+        parts.append(f"**{labels.next}**\n\n" + "\n".join(steps))
+
+    cits = finding.citations
+    evidence = card_rules.evidence or (rules.citations[cits[0]].evidence if cits else None)
+    if evidence:
+        parts.append(f"**{labels.evidence}:** {evidence.strip()}")
+    return "\n\n".join(parts)
+
+
+def _value_rows(finding: Finding, rules: Rules) -> list[str]:
+    """"Values used": the evidence, computed values with their inputs, the patient's sex/age."""
     cr = rules.cards
     labels = cr.labels
-    v = finding.variables
-    parts = [render(card_rules["detail"], values)]
-
     rows = [_measurement_row(m, rules) for m in finding.evidence]
-    for d in v.get("derived", ()):
+    for d in finding.derived:
         inputs = ", ".join(_with_unit(f"{cr.kinds.get(m.kind, m.kind)} {_value_text(m)}",
-                                      _unit(rules, m.unit)) for m in d["sources"])
-        rows.append(f"- {cr.measures[d['measure']]}: "
-                    f"{_with_unit(fmt_number(d['value']), _unit(rules, d['unit']))} "
-                    f"({labels['computed']} {inputs})")
-    if v.get("age") is not None or v.get("sex"):
-        who = [cr.labels["sex"].get(v["sex"], v["sex"])] if v.get("sex") else []
-        if v.get("age") is not None:
-            who.append(render(labels["age"], {"age": str(v["age"])}))
-        rows.append(f"- {labels['patient']}: {', '.join(who)}")
-    if rows:
-        parts.append(f"**{labels['values']}**\n\n" + "\n".join(rows))
-
-    criteria = [_criterion_row(c, rules, v) for c in v.get("criteria", ())]
-    if criteria:
-        parts.append(f"**{labels['classified']}**\n\n" + "\n".join(criteria))
-
-    notes = [f"- {text.strip()}" for flag, text in card_rules["notes"].items() if flag in flags]
-    if notes:
-        parts.append(f"**{labels['notes']}**\n\n" + "\n".join(notes))
-
-    steps = [f"- {render(s['text'], values)}" for s in card_rules["next_steps"] if applies(s, flags)]
-    if steps:
-        parts.append(f"**{labels['next']}**\n\n" + "\n".join(steps))
-
-    cits = v.get("citations", ())
-    evidence = card_rules.get("evidence") or (rules.citations[cits[0]].evidence if cits else None)
-    if evidence:
-        parts.append(f"**{labels['evidence']}:** {evidence.strip()}")
-    return "\n\n".join(parts)
+                                      _unit(rules, m.unit)) for m in d.sources)
+        value = fmt_number(d.value) if d.value is not None else ""
+        rows.append(f"- {cr.measures[d.measure]}: {_with_unit(value, _unit(rules, d.unit))} "
+                    f"({labels.computed} {inputs})")
+    age = getattr(finding.variables, "age", None)
+    sex = getattr(finding.variables, "sex", None)
+    if age is not None or sex:
+        who = [labels.sex.get(sex, sex)] if sex else []
+        if age is not None:
+            who.append(render(labels.age, {"age": str(age)}))
+        rows.append(f"- {labels.patient}: {', '.join(who)}")
+    return rows
 
 
 def _measurement_row(m: Measurement, rules: Rules) -> str:
@@ -186,23 +206,22 @@ def _measurement_row(m: Measurement, rules: Rules) -> str:
         original = _with_unit(f"{m.comparator or ''}{fmt_number(m.original_value)}",
                               _unit(rules, m.original_unit))
         if original != text:   # converted: show what was sent too
-            text += f" ({cr.labels['sent_as']} {original})"
+            text += f" ({cr.labels.sent_as} {original})"
     return f"- {label}: {text}, {m.day.isoformat()}"
 
 
-def _criterion_row(c: Mapping[str, Any], rules: Rules, v: Mapping[str, Any]) -> str:
+def _criterion_row(c: Applied, rules: Rules) -> str:
     cr = rules.cards
     labels = cr.labels
-    what = c["what"]
-    name = (cr.kinds.get(what) or cr.measures.get(what) or labels.get("criteria", {}).get(what)
-            or what)
-    crit = c["criterion"]
-    rule = crit.interval.describe(_unit(rules, c["unit"])) if (
+    what = c.what
+    name = cr.kinds.get(what) or cr.measures.get(what) or labels.criteria.get(what) or what
+    crit = c.criterion
+    rule = crit.interval.describe(_unit(rules, c.unit)) if (
         crit.interval.lower is not None or crit.interval.upper is not None) else ""
-    result = c.get("result") or ""
-    result_text = (labels.get("results", {}).get(result) or
-                   (cr.findings[result]["title"] if result in cr.findings else None) or
-                   labels["sex"].get(result) or result)
+    result = c.result or ""
+    result_text = (labels.results.get(result) or
+                   (cr.findings[result].title if result in cr.findings else None) or
+                   labels.sex.get(result) or result)
     head = f"{name} {rule}".strip()
     if result_text and what not in ("site", "kidney-failure"):
         head += f" → {result_text}"
@@ -214,7 +233,7 @@ def _criterion_row(c: Mapping[str, Any], rules: Rules, v: Mapping[str, Any]) -> 
 # --------------------------------------------------------------------------- suggestions
 def _suggestions(finding: Finding, facts: PatientFacts, rules: Rules, title: str) -> list[dict[str, Any]]:
     out = []
-    regimen = finding.variables.get("regimen")
+    regimen = getattr(finding.variables, "regimen", None)
     for sid in finding.suggestions:
         tmpl = rules.cards.suggestions.get(sid)
         if tmpl is None:

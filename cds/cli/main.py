@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from cds.knowledge.rules import RulesError
+    from cds.knowledge.loader import RulesError
 
     try:
         return int(args.func(args) or 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Mapping
 
 
 def age_on(birth: date, day: date) -> int:
@@ -103,14 +102,3 @@ class PatientFacts:
 
     def has_medication(self, category: str) -> bool:
         return bool(self.medications.get(category))
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One clinical finding; ``cards`` turns each into exactly one card."""
-
-    code: str                                  # finding name, e.g. "vitamin-d-deficiency"
-    indicator: str                             # info | warning | critical
-    evidence: tuple[Measurement, ...] = ()     # the values the finding rests on (shown on the card)
-    variables: Mapping[str, object] = field(default_factory=dict)  # for the card text templates
-    suggestions: tuple[str, ...] = ()          # suggestion ids (rules/) to offer on the card

@@ -565,7 +565,7 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
                     f"({meaning.property}) for {kind}")
 
     converted = float(value) if rule.multiply == 1 else round(rule.to_canonical(float(value)), 6)
-    if not term.bounds[kind].contains(converted):
+    if not term.bounds[kind].contains_point(converted):
         raise _Drop(f"value outside the plausible range for {kind}")
     return Measurement(kind=kind, value=converted, unit=units.canonical, when=when,
                        code=meaning.key, display=meaning.display, original_value=value,

@@ -1,6 +1,6 @@
 """Terminology: value sets, units and data-quality limits, loaded once from rules/.
 
-``load_terminology(rules_dir)`` reads three files with ``cds.rules.load_yaml``
+``load_terminology(rules_dir)`` reads three files with ``loader.load_yaml``
 and a marshmallow schema each, checks them against each other, and builds the
 lookup tables ``normalize`` uses on every request (plain dicts, built once):
 
@@ -22,18 +22,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
-from cds.knowledge.rules import RulesError, load_yaml
+from cds.knowledge.intervals import Interval
+from cds.knowledge.loader import NAME, RulesError, Strict, load_yaml
+from cds.knowledge.vocabulary import KINDS, LATERALITIES, OBSERVATION_STATUSES, PROPERTIES, SITES
 
 VALUESETS_FILE = "valuesets.yaml"
 UNITS_FILE = "units.yaml"
 DATA_QUALITY_FILE = "data_quality.yaml"
 
-SITES = ("lumbar-spine", "total-hip", "femur", "femoral-neck", "radius", "calcaneus")
-LATERALITIES = ("left", "right")
-PROPERTIES = ("mass-concentration", "substance-concentration")
-NAME = validate.Regexp(r"^[a-z0-9][a-z0-9\-]*$", error="must be a lower-case name (a-z, 0-9, -)")
 
 # Prefetch: how many Observations (newest first) the EHR is asked for. 200 covers
 # years of DXA/vitamin D/vitals history for the listed codes only, and stays within
@@ -42,12 +40,7 @@ OBSERVATION_COUNT = 200
 
 
 # --------------------------------------------------------------------------- schemas
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class CodeEntrySchema(_Strict):
+class CodeEntrySchema(Strict):
     system = fields.String(required=True, validate=validate.Length(min=1))
     code = fields.String(required=True, validate=validate.Length(min=1))
     display = fields.String(required=True, validate=validate.Length(min=1))
@@ -59,14 +52,14 @@ class CodeEntrySchema(_Strict):
     note = fields.String()
 
 
-class ObservationKindSchema(_Strict):
+class ObservationKindSchema(Strict):
     title = fields.String(required=True)
     codes = fields.List(fields.Nested(CodeEntrySchema), required=True,
                         validate=validate.Length(min=1))
     note = fields.String()
 
 
-class CategorySchema(_Strict):
+class CategorySchema(Strict):
     title = fields.String(required=True)
     codes = fields.List(fields.Nested(CodeEntrySchema), load_default=list)
     text_keywords = fields.List(fields.String(validate=validate.Length(min=3)), load_default=list)
@@ -82,9 +75,7 @@ class CategorySchema(_Strict):
             raise ValidationError("a category needs codes or text_keywords", "codes")
 
 
-class UnverifiedSchema(Schema):
-    class Meta:
-        unknown = RAISE
+class UnverifiedSchema(Strict):
     system = fields.String(required=True)
     code = fields.String(required=True)
     why = fields.String(required=True)
@@ -93,7 +84,7 @@ class UnverifiedSchema(Schema):
     note = fields.String()
 
 
-class ValueSetsSchema(_Strict):
+class ValueSetsSchema(Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
     code_systems = fields.Dict(keys=fields.String(validate=NAME),
                                values=fields.String(validate=validate.Length(min=3)),
@@ -109,7 +100,7 @@ class ValueSetsSchema(_Strict):
     unverified = fields.List(fields.Nested(UnverifiedSchema), load_default=list)
 
 
-class AcceptedUnitSchema(_Strict):
+class AcceptedUnitSchema(Strict):
     code = fields.String(required=True, validate=validate.Length(min=1))
     multiply = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
     divide = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
@@ -122,7 +113,7 @@ class AcceptedUnitSchema(_Strict):
             raise ValidationError("give exactly one of multiply / divide", "multiply")
 
 
-class UnitKindSchema(_Strict):
+class UnitKindSchema(Strict):
     canonical = fields.String(required=True, validate=validate.Length(min=1))
     unitless = fields.Boolean(load_default=False)
     accept = fields.List(fields.Nested(AcceptedUnitSchema), required=True,
@@ -139,22 +130,22 @@ class UnitKindSchema(_Strict):
                                   "canonical")
 
 
-class CitationSchema(_Strict):
+class UnitCitationSchema(Strict):
     title = fields.String(required=True)
     url = fields.Url(required=True)
     note = fields.String()
 
 
-class UnitsSchema(_Strict):
+class UnitsSchema(Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
     ucum_system = fields.String(required=True, validate=validate.Equal("http://unitsofmeasure.org"))
-    citations = fields.Dict(keys=fields.String(), values=fields.Nested(CitationSchema),
+    citations = fields.Dict(keys=fields.String(), values=fields.Nested(UnitCitationSchema),
                             required=True)
     kinds = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(UnitKindSchema),
                         required=True)
 
 
-class BoundsSchema(_Strict):
+class PlausibleSchema(Strict):
     low = fields.Float(required=True)
     high = fields.Float(required=True)
     low_exclusive = fields.Boolean(load_default=False)
@@ -166,34 +157,39 @@ class BoundsSchema(_Strict):
         if "low" in data and "high" in data and not data["low"] < data["high"]:
             raise ValidationError("low must be below high", "low")
 
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Interval:
+        """The plausible range as an Interval (exclusive ends are open)."""
+        return Interval(data["low"], not data["low_exclusive"], data["high"],
+                        not data["high_exclusive"])
 
-class ObservationQualitySchema(_Strict):
-    accepted_status = fields.List(fields.String(validate=validate.OneOf(
-        ["registered", "preliminary", "final", "amended", "corrected", "cancelled",
-         "entered-in-error", "unknown"])), required=True, validate=validate.Length(min=1))
+
+class ObservationQualitySchema(Strict):
+    accepted_status = fields.List(fields.String(validate=validate.OneOf(OBSERVATION_STATUSES)),
+                                  required=True, validate=validate.Length(min=1))
     future_tolerance_days = fields.Integer(required=True, validate=validate.Range(min=0, max=30))
 
 
-class ConditionQualitySchema(_Strict):
+class ConditionQualitySchema(Strict):
     accepted_clinical_status = fields.List(fields.String(), required=True)
     excluded_verification_status = fields.List(fields.String(), required=True)
 
 
-class MedicationQualitySchema(_Strict):
+class MedicationQualitySchema(Strict):
     excluded_status = fields.List(fields.String(), required=True)
     current_status = fields.List(fields.String(), required=True)
 
 
-class PatientQualitySchema(_Strict):
+class PatientQualitySchema(Strict):
     max_age_years = fields.Integer(required=True, strict=True, validate=validate.Range(min=100, max=150))
     why = fields.String(required=True, validate=validate.Length(min=10))
 
 
-class DataQualitySchema(_Strict):
+class DataQualitySchema(Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
     patient = fields.Nested(PatientQualitySchema)
     observations = fields.Nested(ObservationQualitySchema, required=True)
-    plausible = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(BoundsSchema),
+    plausible = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(PlausibleSchema),
                             required=True)
     conditions = fields.Nested(ConditionQualitySchema, required=True)
     medications = fields.Nested(MedicationQualitySchema, required=True)
@@ -243,21 +239,6 @@ class KindUnits:
 
 
 @dataclass(frozen=True)
-class Bounds:
-    low: float
-    high: float
-    low_exclusive: bool = False
-    high_exclusive: bool = False
-
-    def contains(self, value: float) -> bool:
-        if value < self.low or (self.low_exclusive and value == self.low):
-            return False
-        if value > self.high or (self.high_exclusive and value == self.high):
-            return False
-        return True
-
-
-@dataclass(frozen=True)
 class Terminology:
     code_systems: Mapping[str, str]
     observation_codes: Mapping[str, ObservationCode]            # "system|code" → meaning
@@ -265,7 +246,7 @@ class Terminology:
     medication_codes: Mapping[str, tuple[CategoryCode, ...]]
     medication_keywords: tuple[tuple[str, str], ...]            # (keyword, category)
     units: Mapping[str, KindUnits]
-    bounds: Mapping[str, Bounds]
+    bounds: Mapping[str, Interval]                              # plausible values per kind
     observation_status: frozenset[str]
     future_tolerance_days: int
     condition_clinical_status: frozenset[str]
@@ -374,12 +355,27 @@ def _same_kinds(path: Path, section: str, declared: Mapping[str, Any],
                            f"unknown kind {kind!r} (not in {VALUESETS_FILE} observations)")
 
 
+def check_kinds(path: Path, defined: Mapping[str, Any]) -> None:
+    """The observation kinds the code reads (cds/knowledge/vocabulary.py ``Kind``) are exactly
+    the kinds valuesets.yaml defines, in both directions: a kind the code reads that the file
+    lacks, or one the file defines that nothing reads, stops start-up naming the kind (a renamed
+    kind never silently turns one card into another). units.yaml and data_quality.yaml are held
+    to the same kinds below; the other files' kind fields are validated by their schemas."""
+    problems = [f"observations: no kind {k!r} (the code reads it: Kind in "
+                f"cds/knowledge/vocabulary.py)" for k in KINDS if k not in defined]
+    problems += [f"observations.{k}: kind {k!r} is defined but nothing reads it (not a Kind in "
+                 f"cds/knowledge/vocabulary.py)" for k in defined if k not in KINDS]
+    if problems:
+        raise RulesError(path, problems)
+
+
 def load_terminology(rules_dir: Path) -> Terminology:
     rules_dir = Path(rules_dir)
     vs_path = rules_dir / VALUESETS_FILE
     units_path = rules_dir / UNITS_FILE
     dq_path = rules_dir / DATA_QUALITY_FILE
     vs = load_yaml(vs_path, ValueSetsSchema())
+    check_kinds(vs_path, vs["observations"])
     un = load_yaml(units_path, UnitsSchema())
     dq = load_yaml(dq_path, DataQualitySchema())
 
@@ -425,10 +421,8 @@ def load_terminology(rules_dir: Path) -> Terminology:
         units[kind] = KindUnits(body["canonical"], body["unitless"], MappingProxyType(accepted))
 
     # Plausibility: every kind bounded, and nothing else.
-    bounds: dict[str, Bounds] = {}
     _same_kinds(dq_path, "plausible", vs["observations"], dq["plausible"], "plausibility bounds")
-    for kind, b in dq["plausible"].items():
-        bounds[kind] = Bounds(b["low"], b["high"], b["low_exclusive"], b["high_exclusive"])
+    bounds: dict[str, Interval] = dict(dq["plausible"])
 
     obs_q, cond_q, med_q = dq["observations"], dq["conditions"], dq["medications"]
     return Terminology(

@@ -50,7 +50,7 @@ def expected(name: str) -> list[str]:
 
 
 def test_every_finding_has_an_example_and_a_healthy_one():
-    from cds.knowledge.rules import FINDINGS
+    from cds.knowledge.vocabulary import FINDINGS
 
     findings = {v["finding"] for v in MANIFEST["examples"].values()}
     assert findings == set(FINDINGS) | {None}

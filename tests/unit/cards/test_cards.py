@@ -21,7 +21,8 @@ from cds.config import Config
 from cds.engine import Engine
 from cds.clinical.evaluate import evaluate
 from cds.fhir.normalize import normalize
-from cds.knowledge.rules import FINDINGS, load_rules
+from cds.knowledge.rules import load_rules
+from cds.knowledge.vocabulary import FINDINGS
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "fhir_examples"

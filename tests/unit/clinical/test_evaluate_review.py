@@ -62,7 +62,7 @@ def test_bmd_on_the_same_date_as_the_t_scores_still_diagnoses(rules):
     day = [m("t-score", -2.7, days_ago=30, site="total-hip"),
            m("bmd", 0.6, days_ago=30, hour=1, site="total-hip")]
     (f,) = [x for x in evaluate(facts(*day), rules) if x.code != "dxa-screening-due"]
-    assert f.code == "osteoporosis" and "dxa-old" not in f.variables["flags"]
+    assert f.code == "osteoporosis" and "dxa-old" not in f.flags
 
 
 # --------------------------------------------------------------------------- vitamin D
@@ -98,7 +98,7 @@ def test_only_a_current_vitamin_d_supplement_suppresses_the_treatment_draft(rule
     f = facts(m("vitamin-d-25oh", 9), medications=[_vitamin_d_med(status, current)])
     (finding,) = [x for x in evaluate(f, rules) if x.code == "vitamin-d-deficiency"]
     assert ("draft-vitamin-d-course" in finding.suggestions) is draft_offered
-    assert ("on-vitamin-d" in finding.variables["flags"]) is not draft_offered
+    assert ("on-vitamin-d" in finding.flags) is not draft_offered
 
 
 # --------------------------------------------------------------------------- sarcopenia
@@ -114,7 +114,7 @@ def test_low_grip_with_an_unreadable_mass_result_says_mass_is_indeterminate(rule
     grip = m("grip-strength", 10, laterality="left")
     (f,) = [x for x in evaluate(facts(grip, unusable={"appendicular-lean-mass": 1}), rules)
             if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.flags
 
 
 def test_unreadable_grip_through_normalize(rules):
@@ -160,8 +160,8 @@ def test_a_future_dated_gait_speed_does_not_leave_an_older_slow_one_grading_seve
     assert codes(evaluate(facts(*base, slow), rules)) == ["sarcopenia-severe"]
     (f,) = [x for x in evaluate(facts(*base, slow, m("gait-speed", 1.2, days_ago=-1)), rules)
             if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-confirmed" and f.variables["gait"] is None
-    assert "gait-not-measured" not in f.variables["flags"]
+    assert f.code == "sarcopenia-confirmed" and f.variables.gait is None
+    assert "gait-not-measured" not in f.flags
 
 
 def test_future_dated_results_through_normalize(rules):
@@ -189,8 +189,8 @@ def test_conflicting_gait_speeds_on_one_day_do_not_grade_severity(rules, order):
     base = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12)]
     gaits = [m("gait-speed", v, days_ago=15) for v in order]
     (f,) = [x for x in evaluate(facts(*base, *gaits), rules) if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-confirmed" and f.variables["gait"] is None
-    assert "gait-not-measured" not in f.variables["flags"]
+    assert f.code == "sarcopenia-confirmed" and f.variables.gait is None
+    assert "gait-not-measured" not in f.flags
     # two slow speeds on one day agree: severe
     slow = [m("gait-speed", 0.6, days_ago=15), m("gait-speed", 0.7, days_ago=15)]
     assert codes(evaluate(facts(*base, *slow), rules)) == ["sarcopenia-severe"]
@@ -201,7 +201,7 @@ def test_conflicting_muscle_mass_on_one_day_is_not_read_either_way(rules, order)
     grip = m("grip-strength", 10, laterality="left")
     masses = [m("appendicular-lean-mass", v, days_ago=15) for v in order]
     (f,) = [x for x in evaluate(facts(grip, *masses), rules) if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.flags
 
 
 def test_conflicting_heights_on_one_day_leave_a_computed_index_unknown(rules):
@@ -209,7 +209,7 @@ def test_conflicting_heights_on_one_day_leave_a_computed_index_unknown(rules):
     data = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 15.5),
             m("body-height", 1.70, days_ago=15), m("body-height", 1.60, days_ago=15)]
     (f,) = [x for x in evaluate(facts(*data), rules) if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.flags
     # heights that agree on the classification (1.70 / 1.71 m) still confirm
     agree = data[:2] + [m("body-height", 1.70, days_ago=15), m("body-height", 1.71, days_ago=15)]
     assert codes(evaluate(facts(*agree), rules)) == ["sarcopenia-confirmed"]
@@ -234,7 +234,7 @@ def _vd_facts(birth, value=9):
 def test_adult_regimen_only_for_patients_known_to_be_adults(rules, birth, adult):
     (f,) = [x for x in evaluate(_vd_facts(birth), rules) if x.code == "vitamin-d-deficiency"]
     assert ("draft-vitamin-d-course" in f.suggestions) is adult
-    assert ("no-adult-regimen" in f.variables["flags"]) is not adult
+    assert ("no-adult-regimen" in f.flags) is not adult
 
 
 def test_partial_birth_date_of_an_adult_still_gets_the_regimen(rules):
@@ -280,10 +280,10 @@ def test_sarcopenia_needs_a_known_age(rules):
 def test_an_unreadable_gait_speed_is_not_called_not_on_record(rules):
     data = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass", 12)]
     (f,) = [x for x in evaluate(facts(*data), rules) if x.code != "dxa-screening-due"]
-    assert "gait-not-measured" in f.variables["flags"]
+    assert "gait-not-measured" in f.flags
     (f,) = [x for x in evaluate(facts(*data, unusable={"gait-speed": 1}), rules)
             if x.code != "dxa-screening-due"]
-    assert f.code == "sarcopenia-confirmed" and "gait-not-measured" not in f.variables["flags"]
+    assert f.code == "sarcopenia-confirmed" and "gait-not-measured" not in f.flags
 
 
 # --------------------------------------------------------------------------- newest result unusable

@@ -67,7 +67,7 @@ def test_comparator_is_honoured_never_guessed(rules, value, comparator, expected
     found = [f for f in evaluate(facts(m("vitamin-d-25oh", value, comparator=comparator)), rules)]
     assert codes(found) == ([expected] if expected else [])
     if expected:
-        assert found[0].variables["grade"] == grade
+        assert found[0].variables.grade == grade
 
 
 def test_vitamin_d_older_than_365_days_makes_no_finding(rules):
@@ -86,8 +86,8 @@ def test_latest_vitamin_d_counts_and_future_result_is_ignored(rules):
 def test_kidney_failure_defers_to_kdigo_without_dosing(rules):
     for category in ("ckd-stage-4-5", "dialysis"):
         (f,) = evaluate(facts(m("vitamin-d-25oh", 9), conditions=[category]), rules)
-        assert "kidney-failure" in f.variables["flags"]
-        assert "kdigo-2017" in f.variables["citations"]
+        assert "kidney-failure" in f.flags
+        assert "kdigo-2017" in f.citations
         assert "draft-vitamin-d-course" not in f.suggestions
     (f,) = evaluate(facts(m("vitamin-d-25oh", 9)), rules)
     assert "draft-vitamin-d-course" in f.suggestions
@@ -95,7 +95,7 @@ def test_kidney_failure_defers_to_kdigo_without_dosing(rules):
 
 def test_vitamin_d_supplement_on_record_gets_no_second_prescription(rules):
     (f,) = evaluate(facts(m("vitamin-d-25oh", 9), medications=["vitamin-d"]), rules)
-    assert "on-vitamin-d" in f.variables["flags"]
+    assert "on-vitamin-d" in f.flags
     assert "draft-vitamin-d-course" not in f.suggestions
 
 
@@ -127,10 +127,10 @@ def test_lowest_t_score_of_most_recent_dxa_date(rules):
     new_spine = m("t-score", -2.0, days_ago=30, site="lumbar-spine")
     (f,) = evaluate(facts(old_low, new_hip, new_spine, age=70), rules)
     assert f.code == "low-bone-mass"
-    assert f.variables["key"] is new_spine                    # the lowest on the latest date
+    assert f.variables.value is new_spine                    # the lowest on the latest date
     assert old_low not in f.evidence
     (f,) = evaluate(facts(new_hip, m("t-score", -2.6, days_ago=30, site="femoral-neck"), age=70), rules)
-    assert f.code == "osteoporosis" and f.variables["key"].site == "femoral-neck"
+    assert f.code == "osteoporosis" and f.variables.value.site == "femoral-neck"
 
 
 def test_t_score_comparator_that_might_be_osteoporosis_makes_no_milder_card(rules):
@@ -142,9 +142,9 @@ def test_t_score_comparator_that_might_be_osteoporosis_makes_no_milder_card(rule
 
 def test_old_dxa_with_bone_finding_offers_repeat_dxa(rules):
     (f,) = evaluate(facts(m("t-score", -2.0, days_ago=800, site="total-hip"), age=70), rules)
-    assert "dxa-old" in f.variables["flags"] and "order-dxa" in f.suggestions
+    assert "dxa-old" in f.flags and "order-dxa" in f.suggestions
     (f,) = evaluate(facts(m("t-score", -2.0, days_ago=700, site="total-hip"), age=70), rules)
-    assert "dxa-old" not in f.variables["flags"] and "order-dxa" not in f.suggestions
+    assert "dxa-old" not in f.flags and "order-dxa" not in f.suggestions
 
 
 def test_age_is_taken_at_the_dxa_date(rules):
@@ -208,7 +208,7 @@ def test_best_hand_counts_on_the_latest_date(rules):
              m("grip-strength", 15, days_ago=5, laterality="right"),
              m("grip-strength", 30, days_ago=400, laterality="right")]
     (f,) = evaluate(facts(*newer), rules)
-    assert f.code == "sarcopenia-probable" and f.variables["grip"].value == 15
+    assert f.code == "sarcopenia-probable" and f.variables.grip.value == 15
 
 
 def test_asm_index_computed_from_asm_and_latest_height(rules):
@@ -217,10 +217,10 @@ def test_asm_index_computed_from_asm_and_latest_height(rules):
             m("body-height", 1.50, days_ago=2000), m("body-height", 1.70, days_ago=50)]
     (f,) = evaluate(facts(*data), rules)
     assert f.code == "sarcopenia-confirmed"
-    (derived,) = f.variables["derived"]
-    assert derived["measure"] == "asm-index" and derived["value"] == pytest.approx(15.5 / 1.70 ** 2)
+    (derived,) = f.derived
+    assert derived.measure == "asm-index" and derived.value == pytest.approx(15.5 / 1.70 ** 2)
     # with the old height 1.50 m the index would be 6.9 (normal): latest height is used
-    assert [s.value for s in derived["sources"]] == [15.5, 1.70]
+    assert [s.value for s in derived.sources] == [15.5, 1.70]
 
 
 def test_alm_bmi_from_weight_and_height_for_fnih():
@@ -230,20 +230,20 @@ def test_alm_bmi_from_weight_and_height_for_fnih():
             m("body-weight", 90), m("body-height", 1.75)]
     (f,) = evaluate(facts(*data, gender="male"), rules)
     assert f.code == "sarcopenia-confirmed"
-    assert f.variables["derived"][0]["value"] == pytest.approx(18 / (90 / 1.75 ** 2))
+    assert f.derived[0].value == pytest.approx(18 / (90 / 1.75 ** 2))
 
 
 def test_mass_reported_as_a_range_is_not_read_as_normal(rules):
     data = [m("grip-strength", 10, laterality="left"),
             m("appendicular-lean-mass-index", 6.0, comparator="<"), m("appendicular-lean-mass", 18)]
     (f,) = evaluate(facts(*data), rules)
-    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.variables["flags"]
+    assert f.code == "sarcopenia-probable" and "mass-indeterminate" in f.flags
 
 
 def test_confirmed_without_gait_says_so(rules):
     data = [m("grip-strength", 10, laterality="left"), m("appendicular-lean-mass-index", 4.0)]
     (f,) = evaluate(facts(*data), rules)
-    assert f.code == "sarcopenia-confirmed" and "gait-not-measured" in f.variables["flags"]
+    assert f.code == "sarcopenia-confirmed" and "gait-not-measured" in f.flags
 
 
 # --------------------------------------------------------------------------- osteosarcopenia
@@ -257,7 +257,7 @@ def test_osteosarcopenia_replaces_both_cards(rules, t_score, gait, bone, sarc):
     found = evaluate(facts(*data, age=75), rules)
     assert codes(found) == ["osteosarcopenia"]
     (f,) = found
-    b, s = f.variables["components"]
+    b, s = f.variables.bone, f.variables.sarcopenia
     assert (b.code, s.code) == (bone, sarc)
     kinds = {e.kind for e in f.evidence}
     assert {"t-score", "grip-strength", "appendicular-lean-mass-index"} <= kinds
@@ -295,5 +295,5 @@ def test_us_core_dxa_report_read_by_age_at_scan(rules, shared_dir):
              for r in resources]
     (f,) = evaluate(normalize(older, patient["id"], rules, as_of=AS_OF), rules)
     assert f.code == "low-bone-mass"
-    assert (f.variables["key"].site, f.variables["key"].value) == ("total-hip", -1.62)
-    assert "dxa-old" in f.variables["flags"]                       # 2021 scan: repeat DXA offered
+    assert (f.variables.value.site, f.variables.value.value) == ("total-hip", -1.62)
+    assert "dxa-old" in f.flags                       # 2021 scan: repeat DXA offered

@@ -99,7 +99,7 @@ def test_vitamin_d_bands(rules_by_profile, profile, table):
             assert found == [], (profile, value, codes(found))
             continue
         assert codes(found) == [finding], (profile, value)
-        assert found[0].variables.get("grade") == grade, (profile, value)
+        assert found[0].variables.grade == grade, (profile, value)
         assert found[0].indicator == indicator, (profile, value)
 
 
@@ -307,4 +307,4 @@ def test_critical_edge_in_nmol(rules_by_profile):
                      _observation("http://loinc.org", "14635-7", value, "nmol/L", "2026-11-01")]
         found = evaluate(normalize(resources, "p1", rules, as_of=AS_OF), rules)
         assert [x.code for x in found] == ["vitamin-d-excess"]
-        assert found[0].variables["grade"] == grade
+        assert found[0].variables.grade == grade

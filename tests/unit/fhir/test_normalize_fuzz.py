@@ -73,7 +73,7 @@ def test_normalize_never_raises_and_keeps_only_sane_facts(resources):
     for kind, values in facts.measurements.items():
         for m in values:
             assert m.kind == kind and math.isfinite(m.value)
-            assert TERM.bounds[kind].contains(m.value)
+            assert TERM.bounds[kind].contains_point(m.value)
             assert m.unit == TERM.canonical_unit(kind)
             assert m.when.tzinfo is not None and m.day <= date(2026, 11, 23)
             assert m.comparator in (None, "<", "<=", ">", ">=")

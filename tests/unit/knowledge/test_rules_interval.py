@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds.knowledge.rules import Interval
+from cds.knowledge.intervals import Interval
 
 bound = st.one_of(st.none(), st.integers(-50, 50).map(float))
 

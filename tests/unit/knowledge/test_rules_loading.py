@@ -15,7 +15,8 @@ import yaml
 from cds.config import Config, ConfigError
 from cds.clinical.evaluate import evaluate
 from cds.clinical.facts import Measurement, PatientFacts
-from cds.knowledge.rules import RulesError, load_rules
+from cds.knowledge.loader import RulesError
+from cds.knowledge.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[3]
 RULES = REPO / "rules"
@@ -36,7 +37,13 @@ def edit(path: Path, change) -> None:
 
 
 def load(rules_dir: Path, **kw):
-    return load_rules(Config(rules_dir=rules_dir, **kw))
+    """What the engine checks at start-up: the rules files, then the card text against the
+    findings' typed variables (cds.cards.builder.check_templates)."""
+    from cds.cards.builder import check_templates
+
+    rules = load_rules(Config(rules_dir=rules_dir, **kw))
+    check_templates(rules)
+    return rules
 
 
 def vitamin_d_facts(value: float) -> PatientFacts:

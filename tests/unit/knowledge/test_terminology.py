@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from cds.knowledge.rules import RulesError
+from cds.knowledge.loader import RulesError
 from cds.knowledge.terminology import load_terminology
 
 from rules_support import CATEGORIES, FILES, REPO, RULES, _dump, _load, rules_copy  # noqa: F401
@@ -118,12 +118,22 @@ def test_observation_prefetch_lists_every_code_once(term):
 
 def test_prefetch_follows_the_value_sets(tmp_path):
     rules = rules_copy(tmp_path)
-    edit(rules / "valuesets.yaml", lambda d: d["observations"]["bmi"]["codes"].pop())
+    # a code taken out of a kind is no longer asked for; the kind's other codes still are
+    edit(rules / "valuesets.yaml", lambda d: d["observations"]["t-score"].update(codes=[
+        c for c in d["observations"]["t-score"]["codes"] if c["code"] != "38267-1"]))
+    url = load_terminology(rules).prefetch_templates()["observations"]
+    assert "38267-1" not in url and "38263-0" in url and "39156-5" in url and "8302-2" in url
+
+
+def test_a_kind_the_code_reads_cannot_be_taken_out(tmp_path):
+    # the code reads BMI (ALM/BMI): removing the kind from every file stops start-up naming it
+    rules = rules_copy(tmp_path)
     edit(rules / "valuesets.yaml", lambda d: d["observations"].pop("bmi"))
     edit(rules / "units.yaml", lambda d: d["kinds"].pop("bmi"))
     edit(rules / "data_quality.yaml", lambda d: d["plausible"].pop("bmi"))
-    url = load_terminology(rules).prefetch_templates()["observations"]
-    assert "39156-5" not in url and "8302-2" in url
+    with pytest.raises(RulesError) as info:
+        load_terminology(rules)
+    assert "valuesets.yaml" in str(info.value) and "no kind 'bmi'" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- categories

@@ -1,0 +1,132 @@
+"""Bone density from the most recent DXA (T- or Z-scores by age) and DXA screening by age and
+sex (rules/bone.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from cds.clinical.common import any_condition, any_medication, future, make_finding, unread_since, usable
+from cds.clinical.facts import Measurement, PatientFacts, age_on
+from cds.clinical.findings import Applied, BoneVariables, Finding, ScreeningVariables
+from cds.knowledge.bone import BoneRules
+from cds.knowledge.intervals import Criterion, Interval
+from cds.knowledge.rules import Rules
+from cds.knowledge.vocabulary import Code, Flag, Kind
+
+_SCAN_KINDS = (Kind.T_SCORE, Kind.Z_SCORE, Kind.BMD)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The most recent DXA at the diagnostic sites."""
+
+    day: date
+    scores: dict[str, list[Measurement]]   # t-score / z-score at the sites, newest first
+    bmd: list[Measurement]                 # BMD at the sites on ``day``
+    unread: frozenset[str]                 # kinds with a result on ``day`` that could not be used
+
+    def day_scores(self, kind: str) -> list[Measurement]:
+        """``kind`` scores of the scan's day, lowest first."""
+        return sorted((m for m in self.scores[kind] if m.day == self.day), key=lambda m: m.value)
+
+
+def evaluate_bone(facts: PatientFacts, rules: Rules) -> Finding | None:
+    b = rules.bone
+    scan = latest_scan(facts, b)
+    if scan is None or facts.birth_date is None:
+        return None
+    age = age_on(facts.birth_date, scan.day)
+    adult = age >= b.t_score_min_age
+    if adult:
+        kind = Kind.T_SCORE
+        bands = [(Code.OSTEOPOROSIS, b.osteoporosis), (Code.LOW_BONE_MASS, b.low_bone_mass)]
+    else:
+        # Under the T-score age: T-scores never diagnose; Z-scores are read.
+        kind, bands = Kind.Z_SCORE, [(Code.BMD_BELOW_EXPECTED, b.below_expected)]
+    day_scores = scan.day_scores(kind)
+    if not day_scores:
+        return None
+    code, crit = classify_lowest(day_scores, bands)
+    if code is None or crit is None:
+        return None
+    if kind in scan.unread and code != bands[0][0]:
+        return None   # a site on that day could not be read: it might be lower (no milder label)
+    age_rule = Interval(float(b.t_score_min_age), True, None, False) if adult else \
+        Interval(None, False, float(b.t_score_min_age), False)
+    criteria = (Applied(kind, crit, "", code),
+                Applied("age", Criterion(age_rule, b.age_citation.citation, b.age_citation.where),
+                        "", Kind.T_SCORE if adult else Kind.Z_SCORE),
+                Applied("site", b.sites_citation, "", "sites"))
+    key = day_scores[0]
+    variables = BoneVariables(date=scan.day, profile=b.label, value=key, site=key.site, age=age)
+    return make_finding(rules, code, variables, facts=facts, evidence=day_scores + scan.bmd,
+                        flags=_flags(facts, b, scan.day), criteria=criteria,
+                        citations=[crit.citation, b.age_citation.citation, b.sites_citation.citation])
+
+
+def latest_scan(facts: PatientFacts, b: BoneRules) -> Scan | None:
+    """The most recent DXA, or None when it cannot be read without a guess (age unknown, a
+    scan dated after today or before birth, a later scan that could not be read)."""
+    if facts.birth_date is None:
+        return None   # age decides T- vs Z-score: unknown age, no bone finding
+    sites = set(b.diagnostic_sites)
+    if any(future(facts, kind, sites) for kind in _SCAN_KINDS):
+        return None   # a scan dated after today is the most recent DXA: not read, no guess
+    at_sites = {kind: [m for m in usable(facts, kind) if m.site in sites] for kind in _SCAN_KINDS}
+    if not at_sites[Kind.T_SCORE] and not at_sites[Kind.Z_SCORE]:
+        return None
+    # The most recent DXA date: a later scan at a central site that sent only BMD (no T- or
+    # Z-score) is still the latest scan, so an older scan's scores are not read as current.
+    day = max(m.day for values in at_sites.values() for m in values)
+    unread = {k: facts.unusable_latest[k] for k in _SCAN_KINDS if unread_since(facts, k, day)}
+    if any(d > day for d in unread.values()):
+        return None   # a later scan could not be read: the usable one is not the most recent
+    if day < facts.birth_date:
+        return None   # a scan dated before birth: the date or the birthDate is wrong, no guess
+    return Scan(day, {k: at_sites[k] for k in (Kind.T_SCORE, Kind.Z_SCORE)},
+                [m for m in at_sites[Kind.BMD] if m.day == day], frozenset(unread))
+
+
+def _flags(facts: PatientFacts, b: BoneRules, dxa_day: date) -> set[str]:
+    flags: set[str] = set()
+    if (facts.as_of - dxa_day).days > b.repeat_dxa_after_days:
+        flags.add(Flag.DXA_OLD)
+    if any_medication(facts, b.suppress_medications):
+        flags.add(Flag.ON_THERAPY)
+    if any_condition(facts, b.fracture_conditions):
+        flags.add(Flag.FRAGILITY_FRACTURE)
+    return flags
+
+
+def classify_lowest(scores: list[Measurement],
+                    bands: list[tuple[Code, Criterion]]) -> tuple[str | None, Criterion | None]:
+    """The most severe band any site falls in; a site that *might* be in a more severe band
+    (comparator) stops the classification, so a milder label is never given by guess."""
+    for code, criterion in bands:
+        relations = [criterion.interval.relation(m.value, m.comparator) for m in scores]
+        if "inside" in relations:
+            return code, criterion
+        if "unknown" in relations:
+            return None, None
+    return None, None
+
+
+def dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
+    b = rules.bone
+    age = facts.age
+    if facts.gender not in ("male", "female") or age is None:
+        return None
+    rule = b.screening_age[facts.gender]
+    if not rule.interval.contains_point(age):
+        return None
+    # A DXA on record that could not be used (odd unit, no date...) is still a DXA on record:
+    # "no DXA result" would be a guess.
+    if any(facts.all(kind) or facts.unusable.get(kind) for kind in b.screening_kinds):
+        return None
+    if any_condition(facts, b.suppress_conditions) or any_medication(facts, b.suppress_medications):
+        return None
+    variables = ScreeningVariables(date=facts.as_of, profile=b.screening_label, age=age,
+                                   sex=facts.gender)
+    return make_finding(rules, Code.DXA_SCREENING_DUE, variables, facts=None, evidence=[],
+                        flags=set(), citations=[rule.citation, b.screening_age["female"].citation],
+                        criteria=(Applied("age", rule, "", facts.gender),))

@@ -1,0 +1,131 @@
+"""Typed findings: what cds.clinical makes and cds.cards turns into exactly one card each.
+
+A finding's ``variables`` are one dataclass per kind of finding; its field names are the
+``{placeholders}`` the finding's card text in rules/cards.yaml may use (besides ``{title}``),
+checked when the engine starts (cds.cards.builder.check_templates). Everything else a card
+shows (values, how it was classified, flags, citations, suggestions) is on ``Finding``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import date
+from typing import Mapping, Union
+
+from cds.clinical.facts import Measurement
+from cds.knowledge.intervals import Criterion
+from cds.knowledge.vocabulary import Code
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One row of "How it was classified": the rule applied to ``what`` and its result."""
+
+    what: str                  # a kind, a measure or a vocabulary CRITERIA name
+    criterion: Criterion
+    unit: str = ""             # UCUM code the rule's numbers are in ("" for none)
+    result: str = ""           # a finding code, a state (low/normal/unknown), a band status...
+
+
+@dataclass(frozen=True)
+class MassValue:
+    """One muscle-mass measure, sent or computed from the latest values."""
+
+    measure: str
+    value: float | None
+    unit: str
+    state: str                          # low / normal / unknown / absent
+    day: date | None
+    sources: tuple[Measurement, ...]
+    computed: bool
+    criterion: Criterion
+    comparator: str | None = None       # as sent, for a value that was not computed
+
+
+# --------------------------------------------------------------------------- variables
+@dataclass(frozen=True)
+class VitaminDVariables:
+    date: date                 # the result's day
+    profile: str               # the guideline profile's label
+    value: Measurement         # the latest 25(OH)D ({value}: number as compared, comparator kept)
+    unit: str                  # its canonical unit (UCUM)
+    status: str                # the band's status word, e.g. "deficient"
+    grade: str | None          # the band's grade (selects summary_by_grade), e.g. "severe"
+    regimen: str | None        # the guideline regimen of the band (also fills suggestions)
+
+
+@dataclass(frozen=True)
+class BoneVariables:
+    date: date                 # the DXA day
+    profile: str
+    value: Measurement         # the lowest score at a diagnostic site that day
+    site: str | None           # its site
+    age: int                   # age on the DXA day
+
+
+@dataclass(frozen=True)
+class ScreeningVariables:
+    date: date                 # today
+    profile: str
+    age: int
+    sex: str                   # "female" / "male"
+
+
+@dataclass(frozen=True)
+class SarcopeniaVariables:
+    date: date                 # the latest day of the values used
+    profile: str
+    sex: str
+    grip: Measurement | None            # the best hand on the latest day
+    mass: tuple[MassValue, ...]         # the low mass measures
+    gait: Measurement | None            # shown for confirmed / severe sarcopenia only
+
+
+@dataclass(frozen=True)
+class OsteosarcopeniaVariables:
+    date: date
+    profile: str
+    bone: "Finding"            # the bone finding it combines ({bone}: that card's short text)
+    sarcopenia: "Finding"      # the sarcopenia finding it combines
+
+
+Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
+                  OsteosarcopeniaVariables]
+
+#: finding code → the dataclass of its variables (each code is made with exactly this type)
+FINDING_VARIABLES: Mapping[str, type] = {
+    Code.VITAMIN_D_DEFICIENCY: VitaminDVariables, Code.VITAMIN_D_INSUFFICIENCY: VitaminDVariables,
+    Code.VITAMIN_D_EXCESS: VitaminDVariables,
+    Code.OSTEOPOROSIS: BoneVariables, Code.LOW_BONE_MASS: BoneVariables,
+    Code.BMD_BELOW_EXPECTED: BoneVariables,
+    Code.DXA_SCREENING_DUE: ScreeningVariables,
+    Code.LOW_MUSCLE_MASS: SarcopeniaVariables, Code.SARCOPENIA_PROBABLE: SarcopeniaVariables,
+    Code.SARCOPENIA_CONFIRMED: SarcopeniaVariables, Code.SARCOPENIA_SEVERE: SarcopeniaVariables,
+    Code.OSTEOSARCOPENIA: OsteosarcopeniaVariables,
+}
+
+
+def variable_names(finding: str) -> frozenset[str]:
+    """The placeholders ``finding``'s variables provide (the dataclass's field names)."""
+    return frozenset(f.name for f in dataclasses.fields(FINDING_VARIABLES[finding]))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One clinical finding; ``cds.cards`` turns each into exactly one card."""
+
+    code: str                                  # finding name, e.g. "vitamin-d-deficiency"
+    indicator: str                             # info | warning | critical
+    variables: Variables                       # for the card text templates (typed per finding)
+    evidence: tuple[Measurement, ...] = ()     # the values the finding rests on (shown on the card)
+    flags: frozenset[str] = frozenset()        # vocabulary Flag names (cards.yaml notes/unless/only)
+    citations: tuple[str, ...] = ()            # citation ids, the first is the card's source
+    criteria: tuple[Applied, ...] = ()         # "How it was classified"
+    derived: tuple[MassValue, ...] = ()        # computed values shown with their inputs
+    suggestions: tuple[str, ...] = ()          # suggestion ids (rules/) to offer on the card
+
+    def __post_init__(self) -> None:
+        expected = FINDING_VARIABLES.get(self.code)
+        if expected is None or not isinstance(self.variables, expected):
+            raise TypeError(f"finding {self.code!r} needs {getattr(expected, '__name__', '?')} "
+                            f"variables, not {type(self.variables).__name__}")

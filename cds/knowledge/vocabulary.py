@@ -1,0 +1,106 @@
+"""The engine's vocabulary: every name the code and rules/ share, declared once.
+
+These are a contract, not knowledge: the clinical code reads these kinds, computes these
+measures, makes these findings and sets these flags; the YAML gives them codes, thresholds
+and words. ``load_rules`` checks the contract in both directions at start-up: a name the
+code uses that the YAML does not define, or one the YAML defines that the code never uses,
+stops start-up with the file, the field and the name (a renamed kind never silently turns
+one card into another).
+
+To add a name: declare it here, use it in cds/clinical, define it in rules/ (the start-up
+check says which files still lack it).
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """Observation kinds (rules/valuesets.yaml ``observations:``), by who reads them."""
+
+    VITAMIN_D_25OH = "vitamin-d-25oh"        # clinical.vitamin_d (vitamin_d.yaml kind)
+    T_SCORE = "t-score"                      # clinical.bone: diagnoses at central sites
+    Z_SCORE = "z-score"                      # clinical.bone: under the T-score age
+    BMD = "bmd"                              # clinical.bone: dates the latest scan
+    # Recognised so that a calcaneus T-score is never read as a central one; nothing
+    # classifies it (bone.yaml: peripheral sites never diagnose).
+    T_SCORE_PERIPHERAL = "t-score-peripheral"
+    APPENDICULAR_LEAN_MASS = "appendicular-lean-mass"              # clinical.sarcopenia
+    APPENDICULAR_LEAN_MASS_INDEX = "appendicular-lean-mass-index"  # clinical.sarcopenia
+    GRIP_STRENGTH = "grip-strength"          # clinical.sarcopenia
+    GAIT_SPEED = "gait-speed"                # clinical.sarcopenia
+    BODY_HEIGHT = "body-height"              # clinical.sarcopenia: ASM index, BMI
+    BODY_WEIGHT = "body-weight"              # clinical.sarcopenia: BMI
+    BMI = "bmi"                              # clinical.sarcopenia: ALM/BMI
+
+
+KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+
+#: DXA sites (valuesets.yaml ``site:``; bone.yaml diagnostic_sites; cards.yaml sites labels).
+SITES: tuple[str, ...] = ("lumbar-spine", "total-hip", "femur", "femoral-neck", "radius", "calcaneus")
+LATERALITIES: tuple[str, ...] = ("left", "right")
+#: LOINC properties a code and a unit must agree on (valuesets.yaml / units.yaml ``property:``).
+PROPERTIES: tuple[str, ...] = ("mass-concentration", "substance-concentration")
+
+
+class Measure(StrEnum):
+    """Muscle-mass measures clinical.sarcopenia computes (sarcopenia.yaml mass[].measure)."""
+
+    ASM = "asm"                  # appendicular lean mass, kg
+    ASM_INDEX = "asm-index"      # ASM / height², kg/m²
+    ALM_BMI = "alm-bmi"          # ALM / BMI, m²
+
+
+MASS_MEASURES: tuple[str, ...] = tuple(m.value for m in Measure)
+
+
+class Code(StrEnum):
+    """Finding codes: each is one card (cards.yaml findings) and one topic code."""
+
+    VITAMIN_D_DEFICIENCY = "vitamin-d-deficiency"
+    VITAMIN_D_INSUFFICIENCY = "vitamin-d-insufficiency"
+    VITAMIN_D_EXCESS = "vitamin-d-excess"
+    OSTEOPOROSIS = "osteoporosis"
+    LOW_BONE_MASS = "low-bone-mass"
+    BMD_BELOW_EXPECTED = "bmd-below-expected-for-age"
+    DXA_SCREENING_DUE = "dxa-screening-due"
+    LOW_MUSCLE_MASS = "low-muscle-mass"
+    SARCOPENIA_PROBABLE = "sarcopenia-probable"
+    SARCOPENIA_CONFIRMED = "sarcopenia-confirmed"
+    SARCOPENIA_SEVERE = "sarcopenia-severe"
+    OSTEOSARCOPENIA = "osteosarcopenia"
+
+
+FINDINGS: tuple[str, ...] = tuple(c.value for c in Code)
+#: the findings vitamin_d.yaml bands may name
+VITAMIN_D_FINDINGS: tuple[str, ...] = (Code.VITAMIN_D_DEFICIENCY, Code.VITAMIN_D_INSUFFICIENCY,
+                                       Code.VITAMIN_D_EXCESS)
+
+
+class Flag(StrEnum):
+    """Flags a finding can carry (cards.yaml notes / unless / only)."""
+
+    KIDNEY_FAILURE = "kidney-failure"          # CKD stage 4-5 or dialysis on record (vitamin D cards)
+    ON_VITAMIN_D = "on-vitamin-d"              # a vitamin D supplement on record
+    ON_PROBLEM_LIST = "on-problem-list"        # the finding's condition is already on the problem list
+    ON_THERAPY = "on-therapy"                  # osteoporosis therapy on record
+    DXA_OLD = "dxa-old"                        # the last DXA is older than the repeat interval
+    FRAGILITY_FRACTURE = "fragility-fracture"  # a fragility fracture on record
+    MASS_INDETERMINATE = "mass-indeterminate"  # muscle mass measured but not classifiable
+    GAIT_NOT_MEASURED = "gait-not-measured"    # sarcopenia confirmed, gait speed not on record
+    NO_ADULT_REGIMEN = "no-adult-regimen"      # vitamin D: not known to be old enough for the adult regimen
+
+
+FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)
+INDICATORS: tuple[str, ...] = ("info", "warning", "critical")
+
+#: Rows of "How it was classified" that are not a kind or a measure (cards.yaml labels.criteria).
+CRITERIA: tuple[str, ...] = ("age", "site", "kidney-failure", "no-adult-regimen")
+
+#: Placeholders every card text may use besides its finding's variables: the card's title.
+CARD_VARIABLES: frozenset[str] = frozenset({"title"})
+#: Placeholders a suggestion's FHIR template may use (cards.yaml suggestions.*.resource).
+SUGGESTION_VARIABLES: frozenset[str] = frozenset({"patient_id", "regimen", "reason"})
+#: FHIR R4 ObservationStatus codes (data_quality.yaml accepted_status is a subset).
+OBSERVATION_STATUSES: tuple[str, ...] = ("registered", "preliminary", "final", "amended",
+                                         "corrected", "cancelled", "entered-in-error", "unknown")
