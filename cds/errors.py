@@ -131,3 +131,22 @@ def flatten_errors(messages: Any, prefix: str = "") -> list[Issue]:
         issues.append(Issue(f"{prefix}: {messages}" if prefix else str(messages),
                             expression=prefix or None))
     return issues
+
+
+#: Seconds a client is asked to wait (``Retry-After``) when a store is down.
+RETRY_AFTER_SECONDS = 5
+
+
+class ServiceUnavailable(ServiceError):
+    """A store the service needs (replay cache, database) cannot answer: 503, retry later.
+
+    Never a 401: an EHR reads 401 as bad credentials. The call is still refused.
+    """
+
+    status = 503
+    issue_code = "transient"
+
+    def __init__(self, issues: str | Issue | Iterable[Issue] =
+                 "The service is temporarily unavailable; retry later.", *,
+                 retry_after: int = RETRY_AFTER_SECONDS):
+        super().__init__(issues, headers={"Retry-After": str(retry_after)})

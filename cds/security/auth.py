@@ -16,7 +16,9 @@ the CDS Client (EHR) with an asymmetric key. The service accepts the call only w
   ``MSKCDS_JWT_LEEWAY_SECONDS``); ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are all
   present (the claims CDS Hooks 2.0 requires); ``tenant`` matches when configured;
 * the ``jti`` was not accepted before for this ``iss`` while its token lives
-  (``cds.replay``; checked last, so unauthenticated junk never fills the cache).
+  (``cds.replay``; checked last, so unauthenticated junk never fills the cache). A replay
+  cache that cannot answer refuses the call with ``ServiceUnavailable`` (503,
+  ``Retry-After``), never 401: the token was not accepted, but it was not bad either.
 
 Any failure raises ``Unauthorized(reason)``: the client only learns that
 authentication failed; the reason goes to the log, never the token or its jti.
@@ -40,7 +42,7 @@ from jwt.exceptions import (DecodeError, ExpiredSignatureError, ImmatureSignatur
 from cds.security.clients import (ALLOWED_ALGORITHMS, JwksError, PublicKey, TrustedClient, load_clients,
                       parse_jwks)
 from cds.config import Config, ConfigError
-from cds.errors import Unauthorized
+from cds.errors import ServiceUnavailable, Unauthorized
 from cds.security.replay import ReplayCacheError, open_replay_cache, replay_key
 from cds.urls import same_base
 
@@ -266,7 +268,10 @@ class Authenticator:
         try:
             fresh = self.replay.claim(replay_key(client.iss, jti), exp + leeway)
         except ReplayCacheError as exc:
-            raise Unauthorized(f"iss {_show(iss)}: {exc} (failing closed)") from None
+            # Fail closed, but as what it is: the service is down, not the credentials bad.
+            log.error("replay cache unavailable: the token is refused with 503 (%s)", exc,
+                      extra={"fields": {"store": "replay cache"}})
+            raise ServiceUnavailable() from None
         if not fresh:
             raise Unauthorized(f"iss {_show(iss)}: jti already used (replayed token)")
         return client, claims

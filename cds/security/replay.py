@@ -16,8 +16,9 @@ Two implementations behind one small interface (``claim``):
   worker is NOT detected. Only for a single worker process (or tests).
 
 Keys are SHA-256 digests of ``iss`` and ``jti``: the cache never stores a raw
-token identifier. A cache that cannot be reached fails closed (the caller turns
-``ReplayCacheError`` into a 401).
+token identifier. A cache that cannot be reached fails closed: the caller turns
+``ReplayCacheError`` into a 503 with ``Retry-After`` (the token is not accepted, and
+the EHR is not told its credentials are bad).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cds.store.db import ProcessLocalEngine
+from cds.store.db import ProcessLocalEngine, discard_broken_connections
 
 PURGE_EVERY_SECONDS = 60.0
 
@@ -114,7 +115,7 @@ class SqlReplayCache:
                 cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
                 cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
                 cur.close()
-            return engine
+            return discard_broken_connections(engine)
         return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
 
     def _upsert(self, key: str, expires_at: float, now: float):

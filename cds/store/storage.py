@@ -50,8 +50,8 @@ from sqlalchemy.types import TypeDecorator
 
 from cds.hooks import wire
 from cds.config import Config, ConfigError
-from cds.store.db import ProcessLocalEngine
-from cds.errors import BadRequest, Issue, ServiceError
+from cds.store.db import ProcessLocalEngine, discard_broken_connections
+from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
 
@@ -70,11 +70,9 @@ NO_REASON = "(no reason given)"
 COMMENT_ONLY = "(comment only)"
 
 
-class StorageUnavailable(ServiceError):
-    """The database could not be reached or stayed locked; the client may retry."""
-
-    status = 503
-    issue_code = "transient"
+class StorageUnavailable(ServiceUnavailable):
+    """The database could not be reached or stayed locked; the client may retry (503,
+    ``Retry-After``)."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -177,7 +175,7 @@ def build_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"PRAGMA synchronous={options.get('sqlite_synchronous', 'FULL')}")
             conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
 
-        return engine
+        return discard_broken_connections(engine)
     if parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
@@ -354,7 +352,8 @@ class SqlStore:
         except ServiceError:
             raise
         except OperationalError as exc:
-            log.error("database unavailable: %s", exc.__class__.__name__)
+            log.error("feedback database unavailable: %s", exc.__class__.__name__,
+                      extra={"fields": {"store": "database"}})
             raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
                                            "retry later.", code="transient")) from None
 

@@ -19,7 +19,7 @@ from cds import logs
 from cds.security.auth import Authenticator
 from cds.security.clients import load_clients
 from cds.config import Config, ConfigError
-from cds.errors import Unauthorized
+from cds.errors import ServiceUnavailable, Unauthorized
 from cds.security.replay import (MemoryReplayCache, ReplayCacheError, SqlReplayCache, open_replay_cache,
                         replay_key)
 from conftest import REPO, ServerProcess
@@ -224,9 +224,13 @@ def test_unreachable_replay_cache_fails_closed(tmp_path):
     es = new_ec_signer("https://ehr.example", "k1")
     path = write_clients(tmp_path / "clients.yaml", [{"iss": es.iss, "jwks": es.jwks()}])
     auth = Authenticator(auth_config(tmp_path, path), replay_cache=Broken())
-    with pytest.raises(Unauthorized) as info:
+    # Still refused (a jti that cannot be recorded is never accepted), but as what it is:
+    # the service is temporarily unavailable (503, Retry-After), not bad credentials (401).
+    with pytest.raises(ServiceUnavailable) as info:
         auth.authenticate(AUD, f"Bearer {es.token(AUD)}")
-    assert "failing closed" in info.value.reason
+    assert info.value.status == 503 and info.value.headers["Retry-After"].isdigit()
+    assert info.value.body()["issue"][0]["code"] == "transient"
+    assert not isinstance(info.value, Unauthorized)
 
 
 def test_spec_example_token_has_a_valid_signature_but_is_expired(tmp_path, shared_dir):
