@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -44,3 +44,32 @@ class ProcessLocalEngine:
                 self._engine.dispose()
             self._engine = None
             self._pid = None
+
+
+#: sqlite3 errors after which a connection must not go back to the pool. SQLite opens a
+#: file read-only when it cannot write it (and such a connection stays read-only after the
+#: condition clears); a file handle can break (I/O error) or stay locked.
+SQLITE_DISCARD = ("readonly database", "disk i/o error", "unable to open database",
+                  "database is locked", "database or disk is full", "not a database")
+
+
+def discard_broken_connections(engine: Engine) -> Engine:
+    """Make ``engine`` drop a SQLite connection that failed as read-only, broken or locked.
+
+    The error is marked as a disconnect: SQLAlchemy then discards that connection and
+    every older one in the pool, so the next request opens a fresh one and the store
+    heals by itself once the fault has cleared (no worker restart). PostgreSQL needs
+    nothing here: psycopg's disconnect detection and ``pool_pre_ping`` already do it.
+    """
+    from sqlalchemy import event
+
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "handle_error")
+    def _discard(context: Any) -> None:
+        text = str(context.original_exception).lower()
+        if any(marker in text for marker in SQLITE_DISCARD):
+            context.is_disconnect = True
+
+    return engine
