@@ -35,6 +35,12 @@ class Kind(StrEnum):
 
 
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+#: Kinds normalize recognises but no clinical rule reads, each with the reason it is declared
+#: (every other Kind is read in cds/clinical or named by a rules file the clinical code reads;
+#: tests/unit/knowledge/test_vocabulary.py holds the code to that).
+RECOGNISED_ONLY: dict[Kind, str] = {
+    Kind.T_SCORE_PERIPHERAL: "a calcaneus T-score is recognised, so it is never read as central",
+}
 
 #: DXA sites (valuesets.yaml ``site:``; bone.yaml diagnostic_sites; cards.yaml sites labels).
 SITES: tuple[str, ...] = ("lumbar-spine", "total-hip", "femur", "femoral-neck", "radius", "calcaneus")
