@@ -13,30 +13,68 @@ from cds.config import Config, ConfigError
 from cds.errors import ServiceError
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    config = Config.from_env()  # fail fast, before gunicorn forks, on a bad setting
-    if not config.require_auth:
-        print("mskcds: WARNING: authentication is OFF (MSKCDS_REQUIRE_AUTH=false). "
-              "Local use only.", file=sys.stderr)
-    else:
-        from cds import logs
-        from cds.security.auth import Authenticator
+class CliError(Exception):
+    """A command cannot do what was asked: one line for the user, and the exit status
+    (2: the invocation or a setting is wrong; 1: something failed at run time)."""
 
-        logs.configure(config.log_level)
-        auth = Authenticator(config)  # reads and checks the trusted-clients file, or stops here
-        print(f"mskcds: authentication on, {len(auth.clients)} trusted client(s) from "
-              f"{config.clients_file}", file=sys.stderr)
-    argv = [sys.executable, "-m", "gunicorn",
-            "--bind", f"{args.host}:{args.port}",
-            "--workers", str(args.workers),
-            "--worker-class", "gthread", "--threads", str(args.threads),
-            "--timeout", "30", "--graceful-timeout", "10",
-            "--access-logfile", "-" if args.access_log else "/dev/null",
-            "--preload", "--no-control-socket",
-            "cds.wsgi:application"]
-    print(f"mskcds: serving on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: at least 1")
+    return value
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import errno
+
+    config = Config.from_env()  # a bad setting stops here, before anything is bound
+    from cds import metrics
+    from cds.http import server
+
+    try:
+        listener = server.bind_listener(args.host, args.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"{args.host}:{args.port} is already in use (another mskcds or "
+                           f"server?): stop it or choose another --port") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise CliError(f"not allowed to listen on {args.host}:{args.port} (ports below "
+                           f"1024 need privileges): choose --port 1024 or higher") from None
+        raise CliError(f"cannot listen on {args.host}:{args.port}: "
+                       f"{exc.strerror or exc}; check --host") from None
+    # Workers share one metrics directory; it must be chosen before the app is built.
+    metrics.prepare_multiprocess_dir()
+    from cds import create_app
+
+    app = create_app(config)  # as gunicorn --preload: built once, before the workers fork
+    options = server.gunicorn_options(listener, workers=args.workers, threads=args.threads,
+                                      access_log=args.access_log)
+    print(f"mskcds: serving on http://{_url_host(args.host)}:{args.port}/cds-services "
+          f"({args.workers} worker(s) x {args.threads} thread(s))", file=sys.stderr, flush=True)
+    server.run(app, options)
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def request_from_bundle(bundle: dict[str, Any], hook: str, templates: dict[str, str]) -> dict[str, Any]:
@@ -69,17 +107,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = Config.from_env()
     engine = Engine(config)
+    if args.service not in engine.services:
+        raise CliError(f"no service {args.service!r}; the services are: "
+                       f"{', '.join(engine.services)}", status=2)
     service = engine.service(args.service)
     try:
         document = json.loads(Path(args.file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        print(f"mskcds evaluate: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"cannot read {args.file}: {exc}", status=2) from None
     if isinstance(document, dict) and document.get("resourceType") == "Bundle":
         if not args.hook:
-            print("mskcds evaluate: a FHIR Bundle needs --hook (e.g. --hook patient-view)",
-                  file=sys.stderr)
-            return 2
+            raise CliError("a FHIR Bundle needs --hook (e.g. --hook patient-view)", status=2)
         document = request_from_bundle(document, args.hook, dict(service.prefetch))
     try:
         result = engine.call(service.id, document, allowed_fhir_servers=config.allowed_fhir_servers)
@@ -100,7 +138,13 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     kid = args.kid or str(uuid.uuid4())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"{args.private} already exists: choose another --private path "
+                       "(an existing key is never overwritten)", status=2) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {args.private}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     Path(args.jwks).write_text(json.dumps(public_jwks(key, kid, args.alg), indent=2) + "\n",
@@ -129,29 +173,43 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mskcds", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="mskcds", description=__doc__,
+                                     epilog="Settings come from MSKCDS_* environment variables "
+                                     "(see the README, 'Configuration').")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helpful = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
-    serve = sub.add_parser("serve", help="serve the CDS Hooks endpoints with gunicorn")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=2)
-    serve.add_argument("--threads", type=int, default=4)
+    serve = sub.add_parser("serve", help="serve the CDS Hooks endpoints with gunicorn",
+                           description="Serve the CDS Hooks endpoints (discovery, services, "
+                           "feedback, /healthz, /readyz, /metrics, /openapi.json) with gunicorn.",
+                           **helpful)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                       "(0.0.0.0: every interface)")
+    serve.add_argument("--port", type=port_number, default=8080, help="TCP port (1-65535)")
+    serve.add_argument("--workers", type=positive_int, default=2,
+                       help="worker processes (at least 1)")
+    serve.add_argument("--threads", type=positive_int, default=4,
+                       help="threads per worker (at least 1)")
     serve.add_argument("--access-log", action="store_true", help="gunicorn access log to stdout "
                        "(off by default: our own request log carries no patient data)")
     serve.set_defaults(func=_cmd_serve)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a CDS Hooks request (or FHIR Bundle) file "
-                              "and print the response JSON the HTTP endpoint would return")
-    evaluate.add_argument("file")
-    evaluate.add_argument("--hook", help="with a FHIR Bundle: the hook to simulate (patient-view)")
-    evaluate.add_argument("--service", default="bone-muscle-health")
-    evaluate.add_argument("--pretty", action="store_true")
+                              "and print the response JSON the HTTP endpoint would return",
+                              description="Evaluate a CDS Hooks request file (or a FHIR Bundle "
+                              "with --hook) and print the JSON the service endpoint would "
+                              "answer. Exit status 0 for cards, 1 for an error answer.", **helpful)
+    evaluate.add_argument("file", help="a CDS Hooks request (JSON) or a FHIR Bundle")
+    evaluate.add_argument("--hook", help="with a FHIR Bundle: the hook to simulate, e.g. "
+                          "patient-view")
+    evaluate.add_argument("--service", default="bone-muscle-health",
+                          help="the service id to call (GET /cds-services lists them)")
+    evaluate.add_argument("--pretty", action="store_true", help="indent the JSON")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     keygen = sub.add_parser("keygen", help="make a CDS Client key pair: private PEM + public JWKS "
-                            "(for a smoke test, or an EHR that has none)")
-    keygen.add_argument("--alg", default="ES384", choices=["ES256", "ES384", "ES512", "RS256",
+                            "(for a smoke test, or an EHR that has none)", **helpful)
+    keygen.add_argument("--alg", default="ES384", help="signing algorithm", choices=["ES256", "ES384", "ES512", "RS256",
                                                             "RS384", "RS512", "PS256", "PS384",
                                                             "PS512"])
     keygen.add_argument("--kid", help="key id (default: a random UUID)")
@@ -160,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=_cmd_keygen)
 
     token = sub.add_parser("token", help="sign a CDS Hooks client JWT, as an EHR would, and "
-                           "print it (for: Authorization: Bearer <token>)")
+                           "print it (for: Authorization: Bearer <token>)", **helpful)
     token.add_argument("--key", required=True, help="private key: PEM, private JWK or JWKS")
     token.add_argument("--iss", required=True, help="issuer, as in the trusted-clients file")
     token.add_argument("--aud", required=True, help="the full URL of the endpoint to call, "
@@ -169,28 +227,57 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--alg", help="default: from the key (ES384 for P-384, RS384 for RSA)")
     token.add_argument("--jku", help="JWKS URL to name in the header (must be the client's "
                        "configured jwks_url)")
-    token.add_argument("--tenant")
-    token.add_argument("--lifetime", type=int, default=300, help="seconds (default 300)")
+    token.add_argument("--tenant", help="tenant claim, when the client's entry names one")
+    token.add_argument("--lifetime", type=positive_int, default=300,
+                       help="seconds until the token expires")
     token.set_defaults(func=_cmd_token)
 
     from cds.store.reporting import register as register_storage_commands
-    register_storage_commands(sub)  # migrate, feedback-report, purge (issue 5)
+    register_storage_commands(sub, **helpful)  # migrate, feedback-report, purge
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from cds.knowledge.loader import RulesError
+    args = parser.parse_args(argv)  # a usage error: argparse says so and exits 2
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+    from cds.knowledge.loader import RulesError
+    from cds.store.storage import DatabaseUnavailable, explain_database_error
+
+    prog = f"mskcds {args.command}"
     try:
         return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.status
     except RulesError as exc:   # a broken rules/ file: its name and field, no traceback
-        print(f"mskcds: rules error: {exc}", file=sys.stderr)
+        print(f"{prog}: rules error: {exc}", file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
-        print(f"mskcds: configuration error: {exc}", file=sys.stderr)
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except SQLAlchemyError as exc:
+        print(f"{prog}: {explain_database_error(exc, _database_url())}", file=sys.stderr)
+        return 2 if isinstance(exc, ArgumentError) else 1
+    except BrokenPipeError:
+        # The reader went away (`mskcds evaluate ... | head`): stop quietly. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _database_url() -> str | None:
+    try:
+        return Config.from_env().database_url
+    except ConfigError:
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

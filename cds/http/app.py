@@ -40,8 +40,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     app.extensions[EXTENSION] = AppState(config=cfg, engine=Engine(cfg),
                                          auth=Authenticator(cfg), store=open_store(cfg))
     if not cfg.require_auth:
+        servers = ", ".join(cfg.allowed_fhir_servers)
         log.warning("AUTHENTICATION IS OFF (MSKCDS_REQUIRE_AUTH=false): any caller is trusted. "
-                    "For local use only; never deploy like this.")
+                    "For local use only; never deploy like this. fhirServer: "
+                    + (f"only {servers} may be fetched from" if servers else
+                       "none allowed, calls are answered from their prefetch (or 412)")
+                    + "; MSKCDS_ALLOWED_FHIR_SERVERS sets which FHIR servers may be used.")
     lifecycle.register(app)
     errors.register(app)
     for blueprint in BLUEPRINTS:

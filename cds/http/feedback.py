@@ -17,6 +17,7 @@ def feedback(service_id: str) -> Response:
     st.engine.service(service_id)
     g.log.update(service=service_id)
     payload = read_json(st.config.max_body_bytes)
-    stored = st.store.record_feedback(service_id, payload)
-    g.log["feedback_items"] = stored
-    return json_response({"stored": stored}, 200)
+    counts = st.store.record_feedback(service_id, payload)
+    g.log["feedback_items"] = counts.stored + counts.duplicates
+    # Honest counts: a retry of a report already stored is a duplicate, not stored again.
+    return json_response({"stored": counts.stored, "duplicates": counts.duplicates}, 200)

@@ -174,69 +174,85 @@ def _read_document(path: Path) -> Any:
 
 
 def load_clients(path: Path | str) -> dict[str, TrustedClient]:
-    """iss → TrustedClient; ConfigError naming the file and the field on any problem."""
+    """iss → TrustedClient. Every problem in the file is reported at once, in one
+    ConfigError naming the file and each field (``clients[1].jwks_url``)."""
     path = Path(path)
     doc = _read_document(path)
     if not isinstance(doc, Mapping) or not isinstance(doc.get("clients"), list):
         raise ConfigError(f"{path}: must be a mapping with a 'clients' list")
     if not doc["clients"]:
         raise ConfigError(f"{path}: 'clients' is empty: no EHR could call the service")
+    problems: list[str] = []
     unknown_top = set(doc) - {"clients"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level field(s): {', '.join(sorted(unknown_top))}")
+        problems.append(f"unknown top-level field(s): {', '.join(sorted(map(str, unknown_top)))}")
     clients: dict[str, TrustedClient] = {}
     for i, entry in enumerate(doc["clients"]):
-        where = f"{path}: clients[{i}]"
-        client = _load_client(entry, where, path.parent)
+        where = f"clients[{i}]"
+        client = _load_client(entry, where, path.parent, problems)
+        if client is None:
+            continue
         if client.iss in clients:
-            raise ConfigError(f"{where}.iss: {client.iss!r} is configured twice")
+            problems.append(f"{where}.iss: {client.iss!r} is configured twice")
+            continue
         clients[client.iss] = client
+    if problems:
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise ConfigError(f"{path}: {count}{'; '.join(problems)}")
     return clients
 
 
-def _load_client(entry: Any, where: str, base_dir: Path) -> TrustedClient:
+def _load_client(entry: Any, where: str, base_dir: Path,
+                 problems: list[str]) -> TrustedClient | None:
+    """One entry; its problems are appended to ``problems`` (None when there were any)."""
+    before = len(problems)
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: must be a mapping")
+        problems.append(f"{where}: must be a mapping")
+        return None
     unknown = set(entry) - CLIENT_FIELDS
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
-                          f"(allowed: {', '.join(sorted(CLIENT_FIELDS))})")
+        problems.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
+                        f"(allowed: {', '.join(sorted(CLIENT_FIELDS))})")
     iss = entry.get("iss")
     if not isinstance(iss, str) or not iss.strip():
-        raise ConfigError(f"{where}.iss: required, a non-empty string (the JWT's iss)")
+        problems.append(f"{where}.iss: required, a non-empty string (the JWT's iss)")
     sources = [k for k in ("jwks", "jwks_file", "jwks_url") if entry.get(k) is not None]
-    if len(sources) != 1:
-        raise ConfigError(f"{where}: give exactly one of jwks, jwks_file, jwks_url "
-                          f"(found {', '.join(sources) or 'none'})")
     keys: dict[str, PublicKey] = {}
     jwks_url = None
-    source = sources[0]
-    try:
-        if source == "jwks":
-            keys = parse_jwks(entry["jwks"])
-        elif source == "jwks_file":
-            if not isinstance(entry["jwks_file"], str):
-                raise ConfigError(f"{where}.jwks_file: must be a path")
-            jwks_path = (base_dir / entry["jwks_file"]).resolve()
-            keys = parse_jwks(_read_document(jwks_path))
-        else:
-            jwks_url = check_url(entry["jwks_url"], allow_query=True)
-    except JwksError as exc:
-        raise ConfigError(f"{where}.{source}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where}.{source}: {exc}") from None
+    if len(sources) != 1:
+        problems.append(f"{where}: give exactly one of jwks, jwks_file, jwks_url "
+                        f"(found {', '.join(sources) or 'none'})")
+    else:
+        source = sources[0]
+        try:
+            if source == "jwks":
+                keys = parse_jwks(entry["jwks"])
+            elif source == "jwks_file":
+                if not isinstance(entry["jwks_file"], str):
+                    raise ValueError("must be a path")
+                jwks_path = (base_dir / entry["jwks_file"]).resolve()
+                keys = parse_jwks(_read_document(jwks_path))
+            else:
+                jwks_url = check_url(entry["jwks_url"], allow_query=True)
+        except ConfigError as exc:  # the jwks_file cannot be read: names the file
+            problems.append(f"{where}.{source}: {exc}")
+        except (JwksError, ValueError) as exc:
+            problems.append(f"{where}.{source}: {exc}")
     tenant = entry.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not tenant):
-        raise ConfigError(f"{where}.tenant: must be a non-empty string when given")
+        problems.append(f"{where}.tenant: must be a non-empty string when given")
     servers_raw = entry.get("fhir_servers", [])
-    if not isinstance(servers_raw, list):
-        raise ConfigError(f"{where}.fhir_servers: must be a list of FHIR base URLs")
     servers = []
+    if not isinstance(servers_raw, list):
+        problems.append(f"{where}.fhir_servers: must be a list of FHIR base URLs")
+        servers_raw = []
     for j, url in enumerate(servers_raw):
         try:
             servers.append(base_url(check_url(url)))
         except ValueError as exc:
-            raise ConfigError(f"{where}.fhir_servers[{j}]: {exc}") from None
+            problems.append(f"{where}.fhir_servers[{j}]: {exc}")
+    if len(problems) > before or not isinstance(iss, str):
+        return None
     name = entry.get("name")
     return TrustedClient(iss=iss.strip(), fhir_servers=tuple(servers), tenant=tenant, keys=keys,
                          jwks_url=jwks_url, name=str(name) if name is not None else None)

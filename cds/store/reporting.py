@@ -21,11 +21,32 @@ def _store(config: Config, *, migrate_now: bool = True):
     return open_store(config, migrate_now=migrate_now)
 
 
+def known_revisions() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    from cds.store.storage import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+
     from cds.store.storage import describe_url, migrate
 
     config = Config.from_env()
-    revision = migrate(config.database_url, args.revision)
+    known = known_revisions()
+    if args.revision not in {"head", "heads", *known}:
+        # Checked before connecting: alembic would say so only after a 60-line traceback.
+        print(f"mskcds migrate: unknown --revision {args.revision[:40]!r}: give one of "
+              f"{', '.join(known)} or 'head'", file=sys.stderr)
+        return 2
+    try:
+        revision = migrate(config.database_url, args.revision)
+    except CommandError as exc:  # e.g. the database is at a revision this version lacks
+        print(f"mskcds migrate: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     print(f"mskcds migrate: {describe_url(config.database_url)} is at revision {revision}")
     return 0
 
@@ -88,25 +109,33 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, **parser_options: Any) -> None:
     """Add the storage subcommands to the ``mskcds`` argument parser."""
     migrate = sub.add_parser("migrate", help="create or upgrade the feedback database schema "
-                             "(MSKCDS_DATABASE_URL); the server also does this at start-up")
-    migrate.add_argument("--revision", default="head")
+                             "(MSKCDS_DATABASE_URL); the server also does this at start-up",
+                             **parser_options)
+    migrate.add_argument("--revision", default="head", help="schema revision to upgrade to "
+                         "(e.g. 0001; 'head' is the newest)")
     migrate.set_defaults(func=_cmd_migrate)
 
     report = sub.add_parser("feedback-report", help="per finding: cards issued, accepted, "
-                            "overridden, acceptance rate and top override reasons")
+                            "overridden, acceptance rate and top override reasons",
+                            **parser_options)
     report.add_argument("--from", dest="date_from", metavar="DATE",
-                        help="first day (YYYY-MM-DD, UTC) or an RFC 3339 date-time")
+                        help="first day (YYYY-MM-DD, UTC) or an RFC 3339 date-time "
+                        "(default: the first record)")
     report.add_argument("--to", dest="date_to", metavar="DATE",
-                        help="last day, included (YYYY-MM-DD, UTC) or an RFC 3339 date-time")
-    report.add_argument("--format", choices=["table", "json"], default="table")
+                        help="last day, included (YYYY-MM-DD, UTC) or an RFC 3339 date-time "
+                        "(default: now)")
+    report.add_argument("--format", choices=["table", "json"], default="table",
+                        help="plain-text table or JSON")
     report.set_defaults(func=_cmd_report)
 
     purge = sub.add_parser("purge", help="delete issued-card records older than the retention "
-                           "period (MSKCDS_RETENTION_DAYS) together with their feedback")
-    purge.add_argument("--days", type=int, help="override MSKCDS_RETENTION_DAYS")
+                           "period (MSKCDS_RETENTION_DAYS) together with their feedback",
+                           **parser_options)
+    purge.add_argument("--days", type=int, help="retention in days (default: "
+                       "MSKCDS_RETENTION_DAYS, 365 unless set)")
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     purge.set_defaults(func=_cmd_purge)
 

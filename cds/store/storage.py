@@ -39,12 +39,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
                         Table, Text, create_engine, event, func, select, text)
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
@@ -68,6 +68,11 @@ PG_MIGRATION_LOCK = 0x6D736B636473
 UNKNOWN_FINDING = "(unknown card)"
 NO_REASON = "(no reason given)"
 COMMENT_ONLY = "(comment only)"
+
+
+class DatabaseUnavailable(ConfigError):
+    """At start-up: the database cannot be reached or opened (a run-time failure, not a
+    wrong setting as such; the service cannot start without it)."""
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -149,7 +154,12 @@ def build_engine(url: str) -> Engine:
         if not database or database == ":memory:":
             raise ConfigError("MSKCDS_DATABASE_URL: an in-memory SQLite database cannot be shared "
                               "by workers; give a file path (sqlite:////path/mskcds.sqlite3)")
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {Path(database).parent} for the SQLite database: "
+                              f"{exc.strerror or exc}; set MSKCDS_DATA_DIR (or "
+                              "MSKCDS_DATABASE_URL) to a writable place") from None
         # A small pool per process (the store rebuilds the engine after a fork).
         engine = create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=8,
                                pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
@@ -188,7 +198,31 @@ def build_engine(url: str) -> Engine:
 
 def describe_url(url: str) -> str:
     """The URL without its password (for messages and logs)."""
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "MSKCDS_DATABASE_URL"  # unparsable: never echo it (it may hold a password)
+
+
+def explain_database_error(exc: Exception, url: str | None) -> str:
+    """One line for an operator: what failed, on which database (no password), what to do."""
+    if isinstance(exc, ArgumentError):
+        return ("MSKCDS_DATABASE_URL is not a database URL: give sqlite:////absolute/path/"
+                "mskcds.sqlite3 or postgresql+psycopg://user:password@host:5432/dbname")
+    where = describe_url(url) if url else "the database"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = (detail[0] if detail else exc.__class__.__name__)[:200]
+    try:
+        password = make_url(url).password if url else None
+    except ArgumentError:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    if isinstance(exc, OperationalError):
+        hint = ("is the database server running and reachable?" if not (url or "").startswith(
+            "sqlite") else "is MSKCDS_DATA_DIR (or the file's directory) writable?")
+        return (f"cannot use the database {where}: {text}. Check MSKCDS_DATABASE_URL; {hint}")
+    return f"the database {where} failed: {exc.__class__.__name__}: {text}"
 
 
 # --------------------------------------------------------------------------- migrations
@@ -260,11 +294,21 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 class DateRange:
     start: datetime | None  # inclusive
     end: datetime | None    # exclusive
+    #: the bounds as the user gave them (a --to day is shown as that day, included)
+    given_start: str | None = None
+    given_end: str | None = None
 
     def describe(self) -> str:
-        s = self.start.isoformat() if self.start else "the beginning"
-        e = self.end.isoformat() if self.end else "now"
-        return f"{s} .. {e}"
+        """The period in words, e.g. 'from 2026-01-01 to 2026-03-31 (inclusive)'."""
+        start = self.given_start or (self.start.isoformat() if self.start else None)
+        end = self.given_end or (self.end.isoformat() if self.end else None)
+        if start and end:
+            return f"from {start} to {end}" + (" (inclusive)" if _DATE.match(end) else "")
+        if start:
+            return f"from {start} on"
+        if end:
+            return f"up to {end}" + (" (inclusive)" if _DATE.match(end) else "")
+        return "at any time"
 
 
 def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
@@ -286,7 +330,9 @@ def parse_bound(value: str | None, name: str, *, end: bool) -> datetime | None:
 
 
 def parse_range(start: str | None, end: str | None) -> DateRange:
-    rng = DateRange(parse_bound(start, "from", end=False), parse_bound(end, "to", end=True))
+    rng = DateRange(parse_bound(start, "from", end=False), parse_bound(end, "to", end=True),
+                    given_start=start.strip() if start else None,
+                    given_end=end.strip() if end else None)
     if rng.start and rng.end and rng.start >= rng.end:
         raise BadRequest(Issue("from: must be before to", expression="from"))
     return rng
@@ -322,6 +368,13 @@ def report_key(service_id: str, item: Mapping[str, Any]) -> str:
         "comment": reason.get("userComment"),
     }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+class FeedbackCounts(NamedTuple):
+    stored: int
+    duplicates: int
+    #: (outcome, newly stored) per item, in request order
+    outcomes: tuple[tuple[str, bool], ...] = ()
 
 
 class SqlStore:
@@ -389,8 +442,9 @@ class SqlStore:
         return True
 
     # ------------------------------------------------------------- feedback
-    def record_feedback(self, service_id: str, payload: Any) -> int:
-        """Validate and store one feedback request, all or nothing. Returns the item count."""
+    def record_feedback(self, service_id: str, payload: Any) -> "FeedbackCounts":
+        """Validate and store one feedback request, all or nothing. Returns how many items
+        were stored and how many were duplicates of reports already stored."""
         items = wire.load_feedback(payload)
         now = utcnow()
         with self._write() as conn:
@@ -442,12 +496,23 @@ class SqlStore:
                 })
             if issues:
                 raise BadRequest(issues)  # rolls the transaction back: nothing is stored
-            conn.execute(_insert_ignore(conn, feedback, "report_key"), rows)
-        flagged = sum(1 for r in rows if r["unknown_card"])
+            inserted = {row.report_key for row in conn.execute(
+                _insert_ignore(conn, feedback, "report_key").returning(feedback.c.report_key),
+                rows)}
+        flagged = sum(1 for r in rows if r["unknown_card"] and r["report_key"] in inserted)
         if flagged:
             log.warning("stored feedback for unknown cards (flagged)",
                         extra={"fields": {"flagged": flagged}})
-        return len(items)
+        # A report equal to one already stored (or to an earlier item of this request) is a
+        # duplicate: kept once, and counted as such, not as stored again.
+        outcomes: list[tuple[str, bool]] = []
+        for r in rows:
+            fresh = r["report_key"] in inserted
+            inserted.discard(r["report_key"])
+            outcomes.append((r["outcome"], fresh))
+        return FeedbackCounts(stored=sum(1 for _, fresh in outcomes if fresh),
+                              duplicates=sum(1 for _, fresh in outcomes if not fresh),
+                              outcomes=tuple(outcomes))
 
     # ------------------------------------------------------------- report
     def summary(self, start: str | None, end: str | None) -> dict[str, Any]:
@@ -618,13 +683,18 @@ def open_store(config: Config, *, migrate_now: bool = True) -> SqlStore:
     each worker opens its own.
     """
     url = config.database_url
-    build_engine(url).dispose()  # fail fast on an unsupported URL
-    if migrate_now:
-        try:
+    try:
+        build_engine(url).dispose()  # fail fast on an unsupported URL
+        if migrate_now:
             revision = migrate(url)
-        except SQLAlchemyError as exc:
-            raise ConfigError(f"MSKCDS_DATABASE_URL ({describe_url(url)}): cannot open or "
-                              f"migrate the database: {exc.__class__.__name__}") from None
+    except ArgumentError as exc:
+        raise ConfigError(explain_database_error(exc, url)) from None
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(explain_database_error(exc, url)) from None
+    except OSError as exc:  # e.g. the SQLite file's directory cannot be created
+        raise ConfigError(f"MSKCDS_DATABASE_URL ({describe_url(url)}): {exc.strerror or exc}"
+                          f" ({exc.filename}); make MSKCDS_DATA_DIR a writable directory") from None
+    if migrate_now:
         log.info("database ready", extra={"fields": {"database": make_url(url).get_backend_name(),
                                                      "revision": revision}})
     return SqlStore(url, unknown_card=config.feedback_unknown_card)

@@ -101,7 +101,7 @@ def test_feedback_timestamp_without_a_utc_equivalent_is_400_not_500(server, stam
     assert_outcome(r, 400, "feedback[0].outcomeTimestamp")
     item["outcomeTimestamp"] = "2026-01-02T03:04:05Z"
     r = requests.post(server.url(FEEDBACK), json={"feedback": [item]}, timeout=10)
-    assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
+    assert r.status_code == 200 and r.json() == {"stored": 1, "duplicates": 0}, r.text
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -198,7 +198,7 @@ def test_unpaired_surrogate_in_feedback_is_400_not_500(server):
     item["overrideReason"]["userComment"] = "ok \U0001F600"
     r = requests.post(server.url(FEEDBACK), data=json.dumps({"feedback": [item]}).encode("ascii"),
                       headers={"Content-Type": "application/json"}, timeout=10)
-    assert r.status_code == 200 and r.json() == {"stored": 1}, r.text
+    assert r.status_code == 200 and r.json() == {"stored": 1, "duplicates": 0}, r.text
 
 
 # --------------------------------------------------------------------------- FHIR server paths

@@ -175,7 +175,7 @@ def test_feedback_is_stored_with_every_field(db_url):
         overridden(card, "2026-01-05T11:00:00.123456+02:00", code="not-relevant",
                    comment="Already treated."),
     ]})
-    assert n == 2
+    assert n[:2] == (2, 0)
     rows = store.feedback_rows()
     assert [r["outcome"] for r in rows] == ["accepted", "overridden"]
     assert json.loads(rows[0]["accepted_suggestions"]) == [card["suggestions"][1]["uuid"]]
@@ -192,7 +192,7 @@ def test_override_reason_coding_with_extra_fhir_fields_is_accepted(db_url):
     item = overridden(card, code="patient-declined")
     item["overrideReason"]["reason"].update({"display": "Patient declined", "version": "1",
                                              "userSelected": True})
-    assert store.record_feedback(SERVICE, {"feedback": [item]}) == 1
+    assert store.record_feedback(SERVICE, {"feedback": [item]})[:2] == (1, 0)
     assert store.feedback_rows()[0]["override_reason_code"] == "patient-declined"
 
 
@@ -209,14 +209,21 @@ def test_identical_retry_is_stored_once(db_url):
     store = store_for(db_url)
     card = issue(store, make_card("sarcopenia"))[0]
     body = {"feedback": [overridden(card, code="x", comment="c")]}
-    assert store.record_feedback(SERVICE, body) == 1
-    assert store.record_feedback(SERVICE, json.loads(json.dumps(body))) == 1  # a client retry
+    assert store.record_feedback(SERVICE, body)[:2] == (1, 0)
+    # A client retry: stored once, and said so (not "stored" a second time).
+    assert store.record_feedback(SERVICE, json.loads(json.dumps(body)))[:2] == (0, 1)
     assert store.counts()["feedback"] == 1
     # The same instant written another way is the same report.
     same = json.loads(json.dumps(body))
     same["feedback"][0]["outcomeTimestamp"] = "2026-01-05T11:00:00+01:00"
-    store.record_feedback(SERVICE, same)
+    assert store.record_feedback(SERVICE, same)[:2] == (0, 1)
     assert store.counts()["feedback"] == 1
+    # Two equal items in one request, next to a new one: one stored, one duplicate each.
+    twice = {"feedback": [overridden(card, code="y"), overridden(card, code="y")]}
+    counts = store.record_feedback(SERVICE, twice)
+    assert (counts.stored, counts.duplicates) == (1, 1)
+    assert counts.outcomes == (("overridden", True), ("overridden", False))
+    assert store.counts()["feedback"] == 2
 
 
 def test_report_key_depends_on_content():
@@ -277,7 +284,8 @@ def test_unknown_card_rejected_by_default(db_url):
 def test_unknown_card_flagged_when_configured(db_url):
     store = store_for(db_url, feedback_unknown_card="flag")
     ghost = make_card("osteoporosis")
-    assert store.record_feedback(SERVICE, {"feedback": [overridden(ghost), accepted(ghost)]}) == 2
+    assert store.record_feedback(SERVICE, {"feedback": [overridden(ghost), accepted(ghost)]})[:2] \
+        == (2, 0)
     rows = store.feedback_rows()
     assert [(r["unknown_card"], r["issued_card"], r["card_uuid"]) for r in rows] == [
         (True, None, ghost["uuid"])] * 2

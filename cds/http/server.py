@@ -1,0 +1,72 @@
+"""Serving the app with gunicorn from inside ``mskcds serve``.
+
+The command binds the listening socket itself (so a port in use is one clear line, before
+anything is printed as served), builds the app once (as gunicorn's ``--preload`` would:
+one start-up log, errors as one line), then hands both to a gunicorn master running in
+this process. Workers fork from it; each opens its own database connections.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any, Mapping
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from cds import metrics
+
+
+def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port``; OSError (e.g. EADDRINUSE) when it cannot be had."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook: a worker ended; drop its live metric files (its counts stay)."""
+    metrics.mark_process_dead(worker.pid)
+
+
+def gunicorn_options(listener: socket.socket, *, workers: int, threads: int,
+                     access_log: bool) -> dict[str, Any]:
+    return {
+        "bind": [f"fd://{listener.fileno()}"],
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "accesslog": "-" if access_log else None,
+        "preload_app": True,
+        "control_socket_disable": True,
+        "child_exit": child_exit,
+    }
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Flask, options: Mapping[str, Any]):
+        self._app = app
+        self._options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self._app
+
+
+def run(app: Flask, options: Mapping[str, Any]) -> None:
+    """Run a gunicorn master for ``app`` until it is stopped (SIGTERM / SIGINT)."""
+    _Gunicorn(app, options).run()
