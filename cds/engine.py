@@ -20,7 +20,6 @@ from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
 from cds.hooks import wire
 from cds.config import Config
-from cds.errors import BadRequest, Issue
 from cds.hooks.services import (SERVICES, Service, ServiceDeclaration, ServiceRegistry,
                                 resolve)
 from cds.knowledge.rules import Rules, load_rules
@@ -83,15 +82,22 @@ class Engine:
         service = self.service(service_id)
         request = wire.load_hook_request(payload, service.hook)
         fhir_server = request.get("fhirServer")
+        refused: str | None = None
         if fhir_server is not None:
             allowed = {base_url(u) for u in (allowed_fhir_servers or ())}
             if base_url(fhir_server) not in allowed:
-                raise BadRequest(Issue(
-                    "fhirServer is not a FHIR server this client is configured for; "
-                    "the service sends no request to it.", expression="fhirServer",
-                    code="security"))
+                # Never contacted, its token never used. The call is still answered when the
+                # prefetch holds everything; a key that would need a fetch is a 412 saying why.
+                refused = ("the request's fhirServer is not a FHIR server this client may use, "
+                           "so nothing is fetched from it (" + (
+                               "list it under fhir_servers for this client in "
+                               "MSKCDS_CLIENTS_FILE" if self.config.require_auth else
+                               "allow it with MSKCDS_ALLOWED_FHIR_SERVERS") + ")")
         gathered = gather_mod.gather(service.prefetch, request, config=self.config,
-                                     session=self.http_session)
+                                     session=self.http_session, refused_server=refused)
+        if refused is not None:
+            log.info("fhirServer ignored: not allowed for this client; answered from the "
+                     "prefetch")
         response = self.evaluators[service.evaluator](request, gathered.resources())
         return CallResult(service_id=service.id, hook=service.hook,
                           hook_instance=str(request["hookInstance"]), response=response)

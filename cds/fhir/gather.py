@@ -363,14 +363,19 @@ def _usable_prefetch(template: Template, value: Mapping[str, Any],
 
 
 def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: Config,
-           session: Any = None) -> Gathered:
-    """Resources for every key in ``templates``; raises PrefetchUnavailable (412)."""
+           session: Any = None, refused_server: str | None = None) -> Gathered:
+    """Resources for every key in ``templates``; raises PrefetchUnavailable (412).
+
+    ``refused_server``: why the request's ``fhirServer`` may not be used (this client is not
+    allowed it). Nothing is then sent to it, its token is not touched, and a key that would
+    need a fetch is unavailable for that reason.
+    """
     started = time.monotonic()
     deadline = started + config.fhir_total_budget
     context = request.get("context") or {}
     prefetch = request.get("prefetch") or {}
-    fhir_server = request.get("fhirServer")
-    auth = request.get("fhirAuthorization")
+    fhir_server = None if refused_server else request.get("fhirServer")
+    auth = None if refused_server else request.get("fhirAuthorization")
     token = auth.get("access_token") if isinstance(auth, Mapping) else None
 
     out = Gathered()
@@ -403,7 +408,8 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
 
     if jobs and not fhir_server:
         for key, (_, first, _) in jobs.items():
-            unavailable[key] = ("the client sent a paged Bundle but no fhirServer to read the "
+            unavailable[key] = (refused_server if refused_server else
+                                "the client sent a paged Bundle but no fhirServer to read the "
                                 "other pages from" if first is not None else
                                 "the request has no fhirServer to fetch it from")
         jobs = {}

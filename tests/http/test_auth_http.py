@@ -302,11 +302,19 @@ def test_fhir_server_must_be_one_configured_for_that_client(env):
                                       "subject": "ehr-a"})
     body.pop("prefetch")  # the service would have to fetch: it must not, from fhir_b
     r = post(env, env.es.bearer(url), body)  # client A names client B's server
-    assert r.status_code == 400, r.text
-    assert r.json()["issue"][0]["expression"] == ["fhirServer"]
+    assert r.status_code == 412, r.text  # it would have to fetch: the keys, and why not
+    assert {e for i in r.json()["issue"] for e in i["expression"]} == {
+        f"prefetch.{key}" for key in discovery(env)["services"][0]["prefetch"]}
+    assert all("not a FHIR server this client may use" in i["diagnostics"]
+               and "MSKCDS_CLIENTS_FILE" in i["diagnostics"] for i in r.json()["issue"])
     r = post(env, env.es.bearer(url), {**body, "fhirServer": "http://169.254.169.254/latest"})
-    assert r.status_code == 400
+    assert r.status_code == 412
     assert env.fhir_b.asked() == []  # no request, so no token, went to a server A is not configured for
+    # With every key in the prefetch, a fhirServer A may not use is ignored: cards, no fetch.
+    r = post(env, env.es.bearer(url), pv_body(env, fhirServer=env.fhir_b.base_url,
+                                              fhirAuthorization=body["fhirAuthorization"]))
+    assert r.status_code == 200, r.text
+    assert env.fhir_b.asked() == []
     # Client B may name its own server (the service then reads from it, with B's token).
     env.fhir_b.load({"resourceType": "Patient", "id": "auth-p1"})
     r = post(env, env.b.bearer(url), body)
@@ -449,8 +457,10 @@ def test_auth_off_uses_the_configured_fhir_server_allowlist(tmp_path):
                                           "token_type": "Bearer", "expires_in": 300,
                                           "scope": "patient/*.read", "subject": "x"}}
             r = requests.post(url, json={**body, "fhirServer": other.base_url}, timeout=15)
-            assert r.status_code == 400, r.text
-            assert r.json()["issue"][0]["expression"] == ["fhirServer"]
+            assert r.status_code == 412, r.text  # not allowed, and the data had to be fetched
+            assert all(e.startswith("prefetch.") for i in r.json()["issue"]
+                       for e in i["expression"])
+            assert all("MSKCDS_ALLOWED_FHIR_SERVERS" in i["diagnostics"] for i in r.json()["issue"])
             assert other.asked() == []
             r = requests.post(url, json={**body, "fhirServer": allowed.base_url + "/"}, timeout=15)
             assert r.status_code == 200, r.text  # allowed: the service reads from it

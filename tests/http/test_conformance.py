@@ -303,11 +303,15 @@ def test_spec_patient_view_request(server, fhir, shared_dir, swagger_response):
 
 
 def test_spec_patient_view_request_as_is_names_fhir_server(server, shared_dir):
-    # Its fhirServer is not one this client is configured for: 400, and nothing is fetched.
+    # Its fhirServer is not one this client may use: nothing is fetched from it, and as its
+    # prefetch lacks our keys the answer is a 412 naming each key, the reason and the setting.
     req = load_json(shared_dir / "cds-hooks-spec" / "request-patient-view.json")
     r = requests.post(server.url(SERVICE), json=req, timeout=10)
-    assert r.status_code == 400
-    assert issues_named(r) == {"fhirServer"}
+    assert r.status_code == 412, r.text
+    assert issues_named(r) and all(e.startswith("prefetch.") for e in issues_named(r))
+    for issue in r.json()["issue"]:
+        assert "fhirServer is not a FHIR server this client may use" in issue["diagnostics"]
+        assert "MSKCDS_ALLOWED_FHIR_SERVERS" in issue["diagnostics"]
 
 
 def test_spec_request_with_extension_has_no_patient(server, fhir, shared_dir):

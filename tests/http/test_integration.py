@@ -193,11 +193,23 @@ def test_no_fhir_server_and_missing_keys_is_412(server, fhir, templates):
     assert fhir.asked() == []
 
 
-def test_fhir_server_not_allowed_is_400_and_nothing_is_sent(server, foreign, templates):
+def test_fhir_server_not_allowed_is_412_and_nothing_is_sent(server, foreign, templates):
     foreign.load(patient())
     r = call(server, {}, foreign.base_url)
-    assert r.status_code == 400
-    assert expressions(r) == {"fhirServer"}
+    assert r.status_code == 412
+    assert expressions(r) == {f"prefetch.{k}" for k in templates}
+    assert all("not a FHIR server this client may use" in i["diagnostics"]
+               for i in r.json()["issue"])
+    assert foreign.asked() == []
+
+
+def test_fhir_server_not_allowed_is_ignored_when_the_prefetch_is_complete(server, foreign,
+                                                                          templates):
+    foreign.load(patient())
+    prefetch = {k: None for k in templates if k != "patient"}
+    prefetch["patient"] = patient()
+    r = call(server, prefetch, foreign.base_url)
+    assert r.status_code == 200, r.text
     assert foreign.asked() == []
 
 

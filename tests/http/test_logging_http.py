@@ -167,7 +167,7 @@ def test_the_run_did_what_it_should(run):
     assert s["discovery"] == 200 and s["prefetch"] == 200 and s["fhir"] == 200, s
     assert s["fhir_reads_with_token"] >= 1, s  # the access token was really used...
     assert s["replay"] == 401 and s["expired"] == 401 and s["wrong_aud"] == 401, s
-    assert s["other_fhir"] == 400 and s["bad_body"] == 400 and s["not_json"] == 400, s
+    assert s["other_fhir"] == 412 and s["bad_body"] == 400 and s["not_json"] == 400, s
 
 
 def test_log_has_one_structured_line_per_request(run):
