@@ -84,30 +84,40 @@ def decide(facts: PatientFacts, grip: Grip, mass: Mass, gait: Gait) -> tuple[str
 def _finding(facts: PatientFacts, rules: Rules, s: SarcopeniaRules, sex: str, code: str,
              flags: set[str], grip: Grip, mass: Mass, gait: Gait) -> Finding:
     probable = code == Code.SARCOPENIA_PROBABLE
-    evidence: list[Measurement] = list(grip.values)
-    criteria: list[Applied] = []
-    if grip.values:
-        criteria.append(Applied(Kind.GRIP_STRENGTH, grip.criterion, grip.values[0].unit, grip.state))
-    for mv in mass.measures:
-        if mv.state != ABSENT and not probable or mv.state == UNKNOWN:
-            evidence.extend(mv.sources)
-            criteria.append(Applied(mv.measure, mv.criterion, mv.unit, mv.state))
+    masses = _shown_masses(mass, probable)
+    # gait speed is shown for confirmed and severe sarcopenia
     shown_gait = gait.value if code in (Code.SARCOPENIA_SEVERE, Code.SARCOPENIA_CONFIRMED) else None
+    evidence, criteria = _grip_rows(grip)
+    for mv in masses:
+        evidence += mv.sources
+        criteria.append(Applied(mv.measure, mv.criterion, mv.unit, mv.state))
+    citations = [s.citation, grip.criterion.citation] + [mv.criterion.citation for mv in mass.measures]
     if shown_gait is not None:
         evidence.append(shown_gait)
         criteria.append(Applied(Kind.GAIT_SPEED, gait.criterion, shown_gait.unit, gait.state))
-    days = [m.day for m in evidence]
-    derived = [mv for mv in mass.measures if mv.computed and mv.value is not None
-               and mv.state != ABSENT and not probable]
-    citations = [s.citation, grip.criterion.citation] + \
-        [mv.criterion.citation for mv in mass.measures] + \
-        ([gait.criterion.citation] if shown_gait is not None else [])
+        citations.append(gait.criterion.citation)
+    derived = [] if probable else [mv for mv in masses if mv.computed and mv.value is not None]
     best_grip = max(grip.values, key=lambda m: m.value) if grip.values else None
     variables = SarcopeniaVariables(
-        date=max(days) if days else facts.as_of, profile=s.label, sex=sex, grip=best_grip,
-        mass=tuple(mv for mv in mass.measures if mv.state == LOW), gait=shown_gait)
+        date=max((m.day for m in evidence), default=facts.as_of), profile=s.label, sex=sex,
+        grip=best_grip, mass=tuple(mv for mv in mass.measures if mv.state == LOW), gait=shown_gait)
     return make_finding(rules, code, variables, facts=facts, evidence=evidence, flags=flags,
                         citations=citations, criteria=criteria, derived=derived)
+
+
+def _shown_masses(mass: Mass, probable: bool) -> list[MassValue]:
+    """The mass measures a card shows: those on record, except that probable sarcopenia
+    (which has no usable mass) shows only the ones that were there but unknown."""
+    if probable:
+        return [mv for mv in mass.measures if mv.state == UNKNOWN]
+    return [mv for mv in mass.measures if mv.state != ABSENT]
+
+
+def _grip_rows(grip: Grip) -> tuple[list[Measurement], list[Applied]]:
+    if not grip.values:
+        return [], []
+    return list(grip.values), [Applied(Kind.GRIP_STRENGTH, grip.criterion, grip.values[0].unit,
+                                       grip.state)]
 
 
 # --------------------------------------------------------------------------- strength

@@ -47,10 +47,11 @@ import hashlib
 import logging
 import math
 import re
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -64,7 +65,9 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
 from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
-from cds.knowledge.terminology import ObservationCode, Terminology, load_terminology
+from cds.hooks.wire import FHIR_ID
+from cds.knowledge.terminology import ObservationCode, Terminology, UnitRule, load_terminology
+from cds.knowledge.vocabulary import OBSERVATION_STATUSES
 
 log = logging.getLogger("mskcds.normalize")
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
@@ -91,33 +94,35 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
-_OBS_STATUS = frozenset({"registered", "preliminary", "final", "amended", "corrected",
-                         "cancelled", "entered-in-error", "unknown"})   # FHIR R4 ObservationStatus
 _UNIT_SHOWN = re.compile(r"^[A-Za-z0-9_\[\]{}/.\-*^%']{1,24}$")  # UCUM-like: safe to name in a reason
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class _Drop(Exception):
     """A resource (or one value in it) is not used; the message is the reason (no patient data).
-    ``kinds``: for this patient's own results, the observation kinds that were lost."""
+    ``kinds``: for this patient's own results, the observation kinds that were lost (so
+    evaluate never reads "not measured" into "measured but unusable"); ``when``: the result's
+    date, when it had one."""
 
-    kinds: list[str] = []
-    when: datetime | None = None   # the result's date, when it had one
+    def __init__(self, reason: str, kinds: Sequence[str] = (), when: datetime | None = None):
+        super().__init__(reason)
+        self.kinds: tuple[str, ...] = tuple(kinds)
+        self.when = when
+
+    def about(self, kinds: Sequence[str], when: datetime | None = None) -> "_Drop":
+        """The same reason, for this patient's results of ``kinds`` (dated ``when``)."""
+        return _Drop(str(self), kinds, when if when is not None else self.when)
 
 
 # --------------------------------------------------------------------------- entry point
 def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: Any,
               as_of: date) -> PatientFacts:
     term = terminology_of(rules)
-    facts = PatientFacts(patient_id=patient_id, as_of=as_of)
     items = [r for r in resources if isinstance(r, Mapping)]
-    medications = {f"Medication/{r.get('id')}": r for r in items
-                   if r.get("resourceType") == "Medication" and r.get("id")}
-    latest_day = as_of + timedelta(days=term.future_tolerance_days)
+    reader = _Reader(term, PatientFacts(patient_id=patient_id, as_of=as_of), patient_id,
+                     latest_day=as_of + timedelta(days=term.future_tolerance_days),
+                     medications={f"Medication/{r.get('id')}": r for r in items
+                                  if r.get("resourceType") == "Medication" and r.get("id")})
     seen: set[tuple[str, str]] = set()
-    patient_seen = False
-    measurements: dict[str, list[Measurement]] = {}
-
     for res in items:
         rtype = _text(res.get("resourceType"))
         if rtype not in _MODELS:
@@ -127,41 +132,60 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: An
             if (rtype, rid) in seen:
                 continue  # the same resource twice (e.g. in two prefetch keys)
             seen.add((rtype, rid))
+        reader.read(res, rtype, rid)
+    return reader.done()
+
+
+@dataclass
+class _Reader:
+    """One normalize call: reads resources one at a time into ``facts``."""
+
+    term: Terminology
+    facts: PatientFacts
+    patient_id: str
+    latest_day: date
+    medications: Mapping[str, Mapping[str, Any]]
+    measurements: dict[str, list[Measurement]] = field(default_factory=dict)
+    patient_seen: bool = False
+
+    def read(self, res: Mapping[str, Any], rtype: str, rid: str | None) -> None:
+        facts = self.facts
         try:
             if rtype == "Observation":
-                try:
-                    found = _observation(res, patient_id, term, latest_day)
-                except _PartialDrop as part:   # some values kept, others dropped
-                    found = part.kept
-                    facts.excluded.append(f"{rtype}: {part}")
-                    _count_unusable(facts, part.kinds, part.when)
+                found, partly = _observation(res, self.patient_id, self.term, self.latest_day)
+                if partly is not None:   # some values kept, others dropped
+                    self._exclude(rtype, partly)
                 for m in found:
-                    measurements.setdefault(m.kind, []).append(m)
+                    self.measurements.setdefault(m.kind, []).append(m)
             elif rtype == "Patient":
-                if patient_seen and rid == patient_id:
-                    continue
-                _patient(res, patient_id, facts, term)
-                patient_seen = True
+                if self.patient_seen and rid == self.patient_id:
+                    return
+                _patient(res, self.patient_id, facts, self.term)
+                self.patient_seen = True
             elif rtype == "Condition":
-                for c in _condition(res, patient_id, term):
+                for c in _condition(res, self.patient_id, self.term):
                     facts.conditions.setdefault(c.category, []).append(c)
             else:
-                for m in _medication(res, rtype, patient_id, term, medications):
-                    facts.medications.setdefault(m.category, []).append(m)
+                for med in _medication(res, rtype, self.patient_id, self.term, self.medications):
+                    facts.medications.setdefault(med.category, []).append(med)
         except _Drop as why:
-            facts.excluded.append(f"{rtype}: {why}")
-            _count_unusable(facts, why.kinds, why.when)
+            self._exclude(rtype, why)
         except Exception:  # malformed beyond what the checks foresee: excluded, never a 5xx
             log.warning("normalize: %s could not be read", rtype, exc_info=False)
             facts.excluded.append(f"{rtype}: could not be read")
 
-    for kind, values in measurements.items():
-        values.sort(key=_when, reverse=True)   # newest first; stable for equal dates
-    facts.measurements = measurements
-    return facts
+    def _exclude(self, rtype: str, why: _Drop) -> None:
+        self.facts.excluded.append(f"{rtype}: {why}")
+        _count_unusable(self.facts, why.kinds, why.when)
+
+    def done(self) -> PatientFacts:
+        for values in self.measurements.values():
+            values.sort(key=_when, reverse=True)   # newest first; stable for equal dates
+        self.facts.measurements = self.measurements
+        return self.facts
 
 
-def _count_unusable(facts: PatientFacts, kinds: list[str], when: datetime | None = None) -> None:
+def _count_unusable(facts: PatientFacts, kinds: Sequence[str], when: datetime | None = None) -> None:
     for kind in kinds:
         facts.unusable[kind] = facts.unusable.get(kind, 0) + 1
         if when is not None:
@@ -241,7 +265,7 @@ def _validate_observation(res: Mapping[str, Any]) -> None:
     by normalize itself (status against data_quality.yaml, a subset of the R4 codes).
     """
     rid = res.get("id")
-    if rid is not None and not (isinstance(rid, str) and _FHIR_ID.match(rid)):
+    if rid is not None and not (isinstance(rid, str) and FHIR_ID.match(rid)):
         raise _Drop("not valid FHIR R4 (id)")
     if sum(1 for k in res if k.startswith("value")) > 1:
         raise _Drop("not valid FHIR R4 (value[x]: more than one)")
@@ -424,19 +448,55 @@ def _match_concept(term: Terminology, concept: Any) -> ObservationCode | None:
 
 
 def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
-                 latest_day: date) -> list[Measurement]:
+                 latest_day: date) -> tuple[list[Measurement], _Drop | None]:
+    """This patient's usable values of one Observation (its code and each component code), and
+    why the others were dropped (None: all used). Nothing usable raises _Drop."""
     # cheapest checks first: is it ours at all (code), is it this patient's, is it usable
+    meanings = _meanings(res, term)
+    _check_about_patient(res, patient_id)
+    _check_status(res, term)
+    # from here on it is this patient's result: if it cannot be used, say for which kinds
+    # (facts.unusable), so evaluate never reads "not measured" into "measured but unusable"
+    when = _observation_date(res, latest_day, [meaning.kind for meaning, _, _ in meanings])
+    out: list[Measurement] = []
+    reasons: list[str] = []
+    failed: list[str] = []
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    for meaning, holder, label in meanings:
+        try:
+            out.append(_measurement(term, meaning, holder, when, rid))
+        except _Drop as why:
+            reasons.append(f"{label}{why}")
+            failed.append(meaning.kind)
+    if not out:
+        raise _Drop("; ".join(reasons), failed, when)
+    # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
+    try:
+        _validate_observation(res)
+    except _Drop as why:
+        raise why.about([m.kind for m in out] + failed, when) from None
+    return out, (_Drop("; ".join(reasons), failed, when) if reasons else None)
+
+
+def _meanings(res: Mapping[str, Any], term: Terminology
+              ) -> list[tuple[ObservationCode, Mapping[str, Any], str]]:
+    """(meaning, the element holding its value, reason prefix) for the Observation's code and
+    each component code in the value sets; _Drop when none is."""
     main = _match_concept(term, res.get("code"))
-    parts: list[tuple[ObservationCode, Mapping[str, Any]]] = []
+    found = [(main, res, "")] if main is not None else []
     components = res.get("component")
     if isinstance(components, list):
         for comp in components:
             if isinstance(comp, Mapping):
                 hit = _match_concept(term, comp.get("code"))
                 if hit is not None:
-                    parts.append((hit, comp))
-    if main is None and not parts:
+                    found.append((hit, comp, "component: "))
+    if not found:
         raise _Drop("no code in the value sets")
+    return found
+
+
+def _check_about_patient(res: Mapping[str, Any], patient_id: str) -> None:
     _check_subject(res, patient_id)
     focus = res.get("focus")
     if focus is not None and not (isinstance(focus, list) and focus
@@ -444,59 +504,23 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
         # Observation.focus: "what the observation is about, when it is not about the
         # subject of record" (e.g. a fetus, a donor): not a fact about this patient
         raise _Drop("about a focus other than the patient")
+
+
+def _check_status(res: Mapping[str, Any], term: Terminology) -> None:
     status = _text(res.get("status"))
     if status not in term.observation_status:
-        raise _Drop(f"status {status!r} is not a usable result" if status in _OBS_STATUS
+        raise _Drop(f"status {status!r} is not a usable result" if status in OBSERVATION_STATUSES
                     else "status missing or not an ObservationStatus code")
-    # from here on it is this patient's result: if it cannot be used, say for which kinds
-    # (facts.unusable), so evaluate never reads "not measured" into "measured but unusable"
+
+
+def _observation_date(res: Mapping[str, Any], latest_day: date, kinds: Sequence[str]) -> datetime:
     try:
         when = _effective(res)
-        if when.date() > latest_day:
-            future = _Drop("dated in the future")
-            future.when = when
-            raise future
     except _Drop as why:
-        why.kinds = [m.kind for m in ([main] if main else []) + [p[0] for p in parts]]
-        raise
-
-    out: list[Measurement] = []
-    reasons: list[str] = []
-    failed: list[str] = []
-    rid = res.get("id") if isinstance(res.get("id"), str) else None
-    for meaning, holder, label in ([(main, res, "")] if main is not None else []) + \
-            [(hit, comp, "component: ") for hit, comp in parts]:
-        try:
-            out.append(_measurement(term, meaning, holder, when, rid))
-        except _Drop as why:
-            reasons.append(f"{label}{why}")
-            failed.append(meaning.kind)
-    if not out:
-        drop = _Drop("; ".join(reasons))
-        drop.kinds = failed
-        drop.when = when
-        raise drop
-    # dates were parsed above (more leniently than R4B: a naive time counts as UTC)
-    try:
-        _validate_observation(res)
-    except _Drop as why:
-        why.kinds = [m.kind for m in out] + failed
-        why.when = when
-        raise
-    if reasons:
-        part = _PartialDrop(out, reasons, failed)
-        part.when = when
-        raise part
-    return out
-
-
-class _PartialDrop(_Drop):
-    """Some values of one Observation were usable, others not (only raised internally)."""
-
-    def __init__(self, kept: list[Measurement], reasons: list[str], failed: list[str]):
-        super().__init__("; ".join(reasons))
-        self.kept = kept
-        self.kinds = failed
+        raise why.about(kinds) from None
+    if when.date() > latest_day:
+        raise _Drop("dated in the future", kinds, when)
+    return when
 
 
 def _effective(res: Mapping[str, Any]) -> datetime:
@@ -523,6 +547,22 @@ def _effective(res: Mapping[str, Any]) -> datetime:
 def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[str, Any],
                  when: datetime, rid: str | None) -> Measurement:
     kind = meaning.kind
+    qty, value, comparator = _quantity(holder, kind)
+    rule, original_unit = _unit_rule(term, kind, qty)
+    if meaning.property and rule.property and meaning.property != rule.property:
+        raise _Drop(f"unit {original_unit!r} contradicts the code's property "
+                    f"({meaning.property}) for {kind}")
+    converted = float(value) if rule.multiply == 1 else round(rule.to_canonical(float(value)), 6)
+    if not term.bounds[kind].contains_point(converted):
+        raise _Drop(f"value outside the plausible range for {kind}")
+    return Measurement(kind=kind, value=converted, unit=term.units[kind].canonical, when=when,
+                       code=meaning.key, display=meaning.display, original_value=value,
+                       original_unit=original_unit, site=meaning.site,
+                       laterality=meaning.laterality, comparator=comparator, resource_id=rid)
+
+
+def _quantity(holder: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], float, str | None]:
+    """(valueQuantity, its finite number, its comparator) or _Drop saying what is missing."""
     qty = holder.get("valueQuantity")
     if not isinstance(qty, Mapping):
         if holder.get("dataAbsentReason") is not None:
@@ -538,39 +578,26 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
     comparator = qty.get("comparator")
     if comparator is not None and _text(comparator) not in COMPARATORS:
         raise _Drop(f"comparator not usable for {kind}")
+    return qty, value, comparator
 
+
+def _unit_rule(term: Terminology, kind: str, qty: Mapping[str, Any]) -> tuple[UnitRule, str]:
+    """The accepted unit the quantity was sent in (matched on its UCUM ``code``, or on ``unit``
+    when no code is sent and it is exactly an accepted UCUM code) and the unit as sent."""
     units = term.units[kind]
     code, system, unit = qty.get("code"), qty.get("system"), qty.get("unit")
-    if code is not None:
-        if system is not None and system != term.ucum_system:
-            raise _Drop(f"unit is not a UCUM code for {kind}")
-        sent = code
-    elif unit is not None:
-        sent = unit   # only used when it is exactly an accepted UCUM code
-    else:
-        sent = None
+    if code is not None and system is not None and system != term.ucum_system:
+        raise _Drop(f"unit is not a UCUM code for {kind}")
+    sent = code if code is not None else unit
     if sent is None:
         if not units.unitless:
             raise _Drop(f"no unit for {kind}")
-        rule = units.accepted[units.canonical]
-        original_unit = ""
-    else:
-        rule = units.accepted.get(sent) if isinstance(sent, str) else None
-        if rule is None:
-            shown = sent if isinstance(sent, str) and _UNIT_SHOWN.match(sent) else "?"
-            raise _Drop(f"unit {shown!r} not accepted for {kind}")
-        original_unit = sent
-    if meaning.property and rule.property and meaning.property != rule.property:
-        raise _Drop(f"unit {original_unit!r} contradicts the code's property "
-                    f"({meaning.property}) for {kind}")
-
-    converted = float(value) if rule.multiply == 1 else round(rule.to_canonical(float(value)), 6)
-    if not term.bounds[kind].contains_point(converted):
-        raise _Drop(f"value outside the plausible range for {kind}")
-    return Measurement(kind=kind, value=converted, unit=units.canonical, when=when,
-                       code=meaning.key, display=meaning.display, original_value=value,
-                       original_unit=original_unit, site=meaning.site,
-                       laterality=meaning.laterality, comparator=comparator, resource_id=rid)
+        return units.accepted[units.canonical], ""
+    rule = units.accepted.get(sent) if isinstance(sent, str) else None
+    if rule is None:
+        shown = sent if isinstance(sent, str) and _UNIT_SHOWN.match(sent) else "?"
+        raise _Drop(f"unit {shown!r} not accepted for {kind}")
+    return rule, sent
 
 
 # --------------------------------------------------------------------------- Condition
@@ -624,9 +651,9 @@ def _medication_concept(res: Mapping[str, Any],
     return med.get("code") if med else None
 
 
-def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Terminology,
-                medications: Mapping[str, Mapping[str, Any]]) -> list[MedicationFact]:
-    concept = _medication_concept(res, medications)
+def _medication_hits(concept: Any, term: Terminology) -> dict[str, tuple[str, str]]:
+    """category → (matched "system|code" or "text|keyword", display): on code, else on the
+    value set's text keywords in the codings' display or the concept's text."""
     hits: dict[str, tuple[str, str]] = {}
     codings = _codings(concept)
     for c in codings:
@@ -640,6 +667,12 @@ def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Termi
         for keyword, category in term.medication_keywords:
             if category not in hits and any(keyword in t for t in texts):
                 hits[category] = (f"text|{keyword}", keyword)
+    return hits
+
+
+def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Terminology,
+                medications: Mapping[str, Mapping[str, Any]]) -> list[MedicationFact]:
+    hits = _medication_hits(_medication_concept(res, medications), term)
     if not hits:
         return []
     _check_subject(res, patient_id)
