@@ -180,7 +180,8 @@ def mass_measure(facts: PatientFacts, measure: str, criterion: Criterion) -> Mas
     """One mass measure from the latest values (the first combination below). Several values
     of an input on its latest day (two ASM results, two heights) that would classify the
     measure differently make it unknown: which one is right would be a guess."""
-    options = [day_values(facts, kind) or [None] for kind in _MASS_INPUTS]
+    options: list[list[Measurement | None]] = [list(day_values(facts, kind)) or [None]
+                                               for kind in _MASS_INPUTS]
     first: MassValue | None = None
     states: set[str] = set()
     for combo in itertools.islice(itertools.product(*options), 256):

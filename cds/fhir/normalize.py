@@ -241,13 +241,6 @@ def _check_subject(res: Mapping[str, Any], patient_id: str) -> None:
         raise _Drop("subject is not the patient in context")
 
 
-# Validation outcomes by a digest of the validated elements: patient-view fires each time a
-# chart is opened, mostly with the same resources, and R4B validation is ~100-300 µs per
-# resource. Only 16-byte digests and reason strings (no patient data) are kept; bounded.
-_VALIDATED: dict[bytes, str] = {}
-_VALIDATED_MAX = 50_000
-
-
 def _validate(res: Mapping[str, Any], rtype: str, checked: tuple[str, ...] = ()) -> None:
     """R4B-validate the elements normalize reads, except ``checked`` ones it parsed itself."""
     _validated(_MODELS[rtype], {k: res[k] for k in _USED[rtype] if k in res and k not in checked})
@@ -602,7 +595,7 @@ def _unit_rule(term: Terminology, kind: str, qty: Mapping[str, Any]) -> tuple[Un
 
 # --------------------------------------------------------------------------- Condition
 def _status_codes(concept: Any) -> set[str]:
-    return {c.get("code") for c in _codings(concept) if isinstance(c.get("code"), str)}
+    return {code for c in _codings(concept) if isinstance(code := c.get("code"), str)}
 
 
 def _condition(res: Mapping[str, Any], patient_id: str, term: Terminology) -> list[ConditionFact]:

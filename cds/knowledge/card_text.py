@@ -159,7 +159,8 @@ class CardRules:
 # --------------------------------------------------------------------------- schemas
 class _ConditionalSchema(Strict):
     unless = fields.List(fields.String(validate=validate.OneOf(FLAGS)))
-    only = fields.List(fields.String(validate=validate.OneOf(FLAGS)))
+    # "only" as attribute name would shadow marshmallow's Schema.only (the field selection)
+    only_ = fields.List(fields.String(validate=validate.OneOf(FLAGS)), data_key="only")
 
 
 class FlaggedTextSchema(_ConditionalSchema):
@@ -171,7 +172,7 @@ class FlaggedTextSchema(_ConditionalSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> FlaggedText:
-        return FlaggedText(tuple(data.get("unless", ())), tuple(data.get("only", ())), data["text"])
+        return FlaggedText(tuple(data.get("unless", ())), tuple(data.get("only_", ())), data["text"])
 
 
 class SuggestionRefSchema(_ConditionalSchema):
@@ -179,7 +180,7 @@ class SuggestionRefSchema(_ConditionalSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> SuggestionRef:
-        return SuggestionRef(tuple(data.get("unless", ())), tuple(data.get("only", ())), data["id"])
+        return SuggestionRef(tuple(data.get("unless", ())), tuple(data.get("only_", ())), data["id"])
 
 
 class CardSchema(Strict):

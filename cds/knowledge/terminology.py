@@ -225,10 +225,16 @@ class UnitRule:
     property: str | None
 
     def to_canonical(self, value: float) -> float:
-        return value * self.multiply if self.multiply is not None else value / self.divide
+        if self.multiply is not None:
+            return value * self.multiply
+        assert self.divide is not None   # exactly one of the two (UnitsSchema)
+        return value / self.divide
 
     def from_canonical(self, value: float) -> float:
-        return value / self.multiply if self.multiply is not None else value * self.divide
+        if self.multiply is not None:
+            return value / self.multiply
+        assert self.divide is not None
+        return value * self.divide
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,14 @@ FILE = "vitamin_d.yaml"
 class Reported(Protocol):
     """What ``VitaminDRules.relation`` reads of a result (a cds.clinical Measurement)."""
 
-    value: float
-    original_value: float
-    original_unit: str
-    comparator: str | None
+    @property
+    def value(self) -> float: ...
+    @property
+    def original_value(self) -> float: ...
+    @property
+    def original_unit(self) -> str: ...
+    @property
+    def comparator(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
