@@ -16,6 +16,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 
 from cds.cards import builder as cards_mod
 from cds.clinical import evaluate as evaluate_mod
+from cds.clinical.facts import PatientFacts
 from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
 from cds.hooks import wire
@@ -34,6 +35,7 @@ class CallResult:
     hook: str
     hook_instance: str
     response: dict[str, Any]
+    facts: PatientFacts | None = None   # what the response rests on (the card preview shows it)
 
 
 #: An evaluator answers a validated hook request from the gathered FHIR resources.
@@ -52,6 +54,10 @@ class Engine:
         self.http_session = (http_session if http_session is not None
                              else gather_mod.make_session(config))
         self._today = today or (lambda: datetime.now(timezone.utc).date())
+        # Cards link to their finding's rule page (GET /rules/<finding>) when the service knows
+        # its public address (a link must be absolute); none is made otherwise.
+        self.rule_pages_url = (base_url(config.public_base_url) + "/rules"
+                               if config.public_base_url else None)
         #: The evaluators a declaration in cds.hooks.services may name.
         self.evaluators: dict[str, Evaluator] = {"patient-record": self._patient_record}
         templates = self.rules.prefetch_templates()
@@ -79,6 +85,26 @@ class Engine:
         allowlist when authentication is off). ``None`` is never "anything":
         it means no server is allowed.
         """
+        service, request, resources = self._gather(service_id, payload, allowed_fhir_servers)
+        response = self.evaluators[service.evaluator](request, resources)
+        return CallResult(service_id=service.id, hook=service.hook,
+                          hook_instance=str(request["hookInstance"]), response=response)
+
+    def preview(self, service_id: str, payload: Any, *,
+                allowed_fhir_servers: Collection[str] | None = None) -> CallResult:
+        """A call of a patient-record service whose result carries the facts it rests on
+        (for the card preview); the same checks as ``call``."""
+        service, request, resources = self._gather(service_id, payload, allowed_fhir_servers)
+        if service.evaluator != "patient-record":
+            raise BadRequest(Issue(f"The preview shows patient-record services; {service.id!r} "
+                                   f"is not one.", code="not-supported"))
+        facts, response = self.assess(resources, request["context"]["patientId"])
+        return CallResult(service_id=service.id, hook=service.hook,
+                          hook_instance=str(request["hookInstance"]), response=response,
+                          facts=facts)
+
+    def _gather(self, service_id: str, payload: Any, allowed_fhir_servers: Collection[str] | None
+                ) -> tuple[Service, dict[str, Any], list[dict[str, Any]]]:
         service = self.service(service_id)
         request = wire.load_hook_request(payload, service.hook)
         fhir_server = request.get("fhirServer")
@@ -98,9 +124,7 @@ class Engine:
         if refused is not None:
             log.info("fhirServer ignored: not allowed for this client; answered from the "
                      "prefetch")
-        response = self.evaluators[service.evaluator](request, gathered.resources())
-        return CallResult(service_id=service.id, hook=service.hook,
-                          hook_instance=str(request["hookInstance"]), response=response)
+        return service, request, gathered.resources()
 
     # ------------------------------------------------------------------ evaluators
     def _patient_record(self, request: Mapping[str, Any],
@@ -110,9 +134,15 @@ class Engine:
 
     def evaluate_resources(self, resources: Iterable[Mapping[str, Any]],
                            patient_id: str) -> dict[str, Any]:
+        return self.assess(resources, patient_id)[1]
+
+    def assess(self, resources: Iterable[Mapping[str, Any]],
+               patient_id: str) -> tuple[PatientFacts, dict[str, Any]]:
+        """The facts read from ``resources`` and the response built on them."""
         facts = normalize_mod.normalize(resources, patient_id, self.rules, as_of=self._today())
         findings = evaluate_mod.evaluate(facts, self.rules)
-        cards = cards_mod.build_cards(findings, facts, self.rules)  # each card checked there
+        cards = cards_mod.build_cards(findings, facts, self.rules,  # each card checked there
+                                      rule_pages=self.rule_pages_url)
         response = {"cards": cards}
         wire.check_response(response, cards_checked=True)
-        return response
+        return facts, response

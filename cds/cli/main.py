@@ -77,33 +77,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def request_from_bundle(bundle: dict[str, Any], hook: str, templates: dict[str, str]) -> dict[str, Any]:
-    """Wrap a FHIR Bundle as a CDS Hooks request: the Patient and every other resource as prefetch."""
-    resources = [e.get("resource") for e in bundle.get("entry", []) if isinstance(e, dict)]
-    resources = [r for r in resources if isinstance(r, dict)]
-    patients = [r for r in resources if r.get("resourceType") == "Patient"]
-    if len(patients) != 1 or not patients[0].get("id"):
-        raise SystemExit("mskcds evaluate: the Bundle must hold exactly one Patient with an id")
-    others = [r for r in resources if r.get("resourceType") != "Patient"]
-    prefetch: dict[str, Any] = {"patient": patients[0]}
-    # Everything else goes in one searchset per remaining template key, by resource type.
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for r in others:
-        by_type.setdefault(r["resourceType"], []).append(r)
-    for key, template in templates.items():
-        if key == "patient":
-            continue
-        rtype = template.split("?", 1)[0].split("/", 1)[0]
-        items = by_type.get(rtype, [])
-        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
-                         "entry": [{"resource": r} for r in items]} if items else None
-    return {"hook": hook, "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/mskcds-cli", "patientId": patients[0]["id"]},
-            "prefetch": prefetch}
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _engine_and_request(args: argparse.Namespace, *,
+                        default_hook: bool) -> tuple[Config, Any, Any, Any]:
+    """(config, engine, service, request) for ``args.file``: a CDS Hooks request, or a FHIR
+    Bundle wrapped as one (the hook: --hook, or with ``default_hook`` the service's own)."""
     from cds.engine import Engine
+    from cds.hooks.bundle import request_from_bundle
 
     config = Config.from_env()
     engine = Engine(config)
@@ -116,9 +95,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read {args.file}: {exc}", status=2) from None
     if isinstance(document, dict) and document.get("resourceType") == "Bundle":
-        if not args.hook:
+        hook = args.hook or (service.hook if default_hook else None)
+        if not hook:
             raise CliError("a FHIR Bundle needs --hook (e.g. --hook patient-view)", status=2)
-        document = request_from_bundle(document, args.hook, dict(service.prefetch))
+        try:
+            document = request_from_bundle(document, hook, dict(service.prefetch))
+        except ValueError as exc:
+            raise CliError(f"{args.file}: {exc}", status=2) from None
+    return config, engine, service, document
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    config, engine, service, document = _engine_and_request(args, default_hook=False)
     try:
         result = engine.call(service.id, document, allowed_fhir_servers=config.allowed_fhir_servers)
         body, status = result.response, 200
@@ -127,6 +115,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     json.dump(body, sys.stdout, indent=2 if args.pretty else None, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0 if status == 200 else 1
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from cds.pages.preview import render_preview
+    from cds.urls import base_url
+
+    config, engine, service, document = _engine_and_request(args, default_hook=True)
+    try:
+        result = engine.preview(service.id, document,
+                                allowed_fhir_servers=config.allowed_fhir_servers)
+    except ServiceError as exc:
+        json.dump(exc.body(), sys.stderr, indent=2, ensure_ascii=False)
+        sys.stderr.write("\n")
+        raise CliError(f"the service answered {exc.status}: nothing written") from None
+    assert result.facts is not None   # preview() always carries them
+    docs = base_url(config.public_base_url) if config.public_base_url else None
+    html = render_preview(result.facts, result.response["cards"], engine.rules, docs_base=docs,
+                          csp_meta=True)
+    out = Path(args.output) if args.output else Path(args.file).with_suffix(".preview.html")
+    try:
+        out.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"mskcds preview: {len(result.response['cards'])} card(s) written to {out}",
+          file=sys.stderr)
+    return 0
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -206,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the service id to call (GET /cds-services lists them)")
     evaluate.add_argument("--pretty", action="store_true", help="indent the JSON")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    preview = sub.add_parser("preview", help="render a CDS Hooks request (or FHIR Bundle) file's "
+                             "cards as an EHR would show them, with the values read and trend "
+                             "charts, into one self-contained HTML file")
+    preview.add_argument("file")
+    preview.add_argument("-o", "--output", help="HTML file to write (default: FILE with "
+                         ".preview.html)")
+    preview.add_argument("--hook", help="with a FHIR Bundle: the hook to simulate (default: the "
+                         "service's hook)")
+    preview.add_argument("--service", default="bone-muscle-health")
+    preview.set_defaults(func=_cmd_preview)
 
     keygen = sub.add_parser("keygen", help="make a CDS Client key pair: private PEM + public JWKS "
                             "(for a smoke test, or an EHR that has none)", **helpful)

@@ -1,0 +1,34 @@
+"""A FHIR Bundle as a CDS Hooks request (for `mskcds evaluate`/`preview` and POST /preview)."""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Mapping
+
+
+def request_from_bundle(bundle: Mapping[str, Any], hook: str,
+                        templates: Mapping[str, str]) -> dict[str, Any]:
+    """Wrap a FHIR Bundle as a CDS Hooks request: the Patient and every other resource as
+    prefetch. ValueError when the Bundle does not hold exactly one Patient with an id."""
+    entries = bundle.get("entry")
+    resources = [e.get("resource") for e in (entries if isinstance(entries, list) else [])
+                 if isinstance(e, dict)]
+    resources = [r for r in resources if isinstance(r, dict)]
+    patients = [r for r in resources if r.get("resourceType") == "Patient"]
+    if len(patients) != 1 or not isinstance(patients[0].get("id"), str) or not patients[0]["id"]:
+        raise ValueError("the Bundle must hold exactly one Patient with an id")
+    others = [r for r in resources if r.get("resourceType") != "Patient"]
+    prefetch: dict[str, Any] = {"patient": patients[0]}
+    # Everything else goes in one searchset per remaining template key, by resource type.
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in others:
+        by_type.setdefault(str(r.get("resourceType")), []).append(r)
+    for key, template in templates.items():
+        if key == "patient":
+            continue
+        rtype = template.split("?", 1)[0].split("/", 1)[0]
+        items = by_type.get(rtype, [])
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
+                         "entry": [{"resource": r} for r in items]} if items else None
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/mskcds-cli", "patientId": patients[0]["id"]},
+            "prefetch": prefetch}
