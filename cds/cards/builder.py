@@ -33,11 +33,15 @@ def check_templates(rules: Rules) -> None:
     card_text.check_templates(rules.source_dir / card_text.FILE, rules.cards, allowed)
 
 
-def build_cards(findings: list[Finding], facts: PatientFacts, rules: Rules) -> list[dict[str, Any]]:
-    return [build_card(f, facts, rules) for f in findings]
+def build_cards(findings: list[Finding], facts: PatientFacts, rules: Rules,
+                rule_pages: str | None = None) -> list[dict[str, Any]]:
+    return [build_card(f, facts, rules, rule_pages) for f in findings]
 
 
-def build_card(finding: Finding, facts: PatientFacts, rules: Rules) -> dict[str, Any]:
+def build_card(finding: Finding, facts: PatientFacts, rules: Rules,
+               rule_pages: str | None = None) -> dict[str, Any]:
+    """``rule_pages``: the absolute URL of the rule documentation (…/rules); the card then
+    links to its finding's page first, where the full rule and its sources are."""
     cr = rules.cards
     card_rules = cr.findings[finding.code]
     values = template_values(finding, rules)
@@ -67,8 +71,12 @@ def build_card(finding: Finding, facts: PatientFacts, rules: Rules) -> dict[str,
     card["overrideReasons"] = [{"system": cr.override_system, "code": code,
                                 "display": cr.override_reasons[code]}
                                for code in card_rules.override_reasons]
-    if citations:
-        card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in citations]
+    links = [{"label": c.label, "url": c.url, "type": "absolute"} for c in citations]
+    if rule_pages:
+        links.insert(0, {"label": render(cr.labels.rule_page, values),
+                         "url": f"{rule_pages}/{finding.code}", "type": "absolute"})
+    if links:
+        card["links"] = links
     wire.check_card(card)
     return card
 

@@ -87,6 +87,7 @@ class CardLabels:
     patient: str
     age: str                                  # "{age} years"
     sex: Mapping[str, str]
+    rule_page: str = "{title}"                # the card's link to its finding's rule page
     results: Mapping[str, str] = field(default_factory=dict)
     criteria: Mapping[str, str] = field(default_factory=dict)
 
@@ -260,6 +261,8 @@ class LabelsSchema(Strict):
     results = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     criteria = fields.Dict(keys=fields.String(validate=validate.OneOf(CRITERIA)),
                            values=fields.String(), load_default=dict)
+    rule_page = fields.String(required=True, validate=validate.Regexp(
+        r"^[^{}]*(\{title\}[^{}]*)?$", error="may use no placeholder but {title}"))
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> CardLabels:
