@@ -100,6 +100,10 @@ class Config:
     database_url: str = ""
     feedback_unknown_card: str = "reject"  # or "flag"
     admin_summary_enabled: bool = False
+    # --- pages (issue 14) ---------------------------------------------------
+    # POST /preview renders a request's cards as HTML (behind authentication like a service
+    # call); off by default. GET /rules (rule documentation) is always served.
+    preview_enabled: bool = False
     retention_days: int = 365
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"

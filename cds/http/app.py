@@ -16,7 +16,7 @@ from flask import Flask
 from cds import logs
 from cds.config import Config
 from cds.engine import Engine
-from cds.http import admin, errors, feedback, health, lifecycle, services
+from cds.http import admin, errors, feedback, health, lifecycle, pages, services
 from cds.http.state import EXTENSION, AppState
 from cds.security.auth import Authenticator
 from cds.store.storage import open_store
@@ -24,7 +24,8 @@ from cds.store.storage import open_store
 log = logging.getLogger("mskcds.http")
 
 #: The endpoint families, each a blueprint (a new family: a module with a ``blueprint``, listed here).
-BLUEPRINTS = (health.blueprint, services.blueprint, feedback.blueprint, admin.blueprint)
+BLUEPRINTS = (health.blueprint, services.blueprint, feedback.blueprint, admin.blueprint,
+              pages.blueprint)
 
 
 def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
