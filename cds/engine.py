@@ -21,6 +21,7 @@ from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
 from cds.hooks import wire
 from cds.config import Config
+from cds.errors import BadRequest, Issue
 from cds.hooks.services import (SERVICES, Service, ServiceDeclaration, ServiceRegistry,
                                 resolve)
 from cds.knowledge.rules import Rules, load_rules

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     preview = sub.add_parser("preview", help="render a CDS Hooks request (or FHIR Bundle) file's "
                              "cards as an EHR would show them, with the values read and trend "
-                             "charts, into one self-contained HTML file")
+                             "charts, into one self-contained HTML file", **helpful)
     preview.add_argument("file")
     preview.add_argument("-o", "--output", help="HTML file to write (default: FILE with "
                          ".preview.html)")

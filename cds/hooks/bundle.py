@@ -10,11 +10,14 @@ def request_from_bundle(bundle: Mapping[str, Any], hook: str,
     """Wrap a FHIR Bundle as a CDS Hooks request: the Patient and every other resource as
     prefetch. ValueError when the Bundle does not hold exactly one Patient with an id."""
     entries = bundle.get("entry")
-    resources = [e.get("resource") for e in (entries if isinstance(entries, list) else [])
-                 if isinstance(e, dict)]
-    resources = [r for r in resources if isinstance(r, dict)]
+    resources: list[dict[str, Any]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            resources.append(resource)
     patients = [r for r in resources if r.get("resourceType") == "Patient"]
-    if len(patients) != 1 or not isinstance(patients[0].get("id"), str) or not patients[0]["id"]:
+    patient_id = patients[0].get("id") if len(patients) == 1 else None
+    if not isinstance(patient_id, str) or not patient_id:
         raise ValueError("the Bundle must hold exactly one Patient with an id")
     others = [r for r in resources if r.get("resourceType") != "Patient"]
     prefetch: dict[str, Any] = {"patient": patients[0]}
@@ -30,5 +33,5 @@ def request_from_bundle(bundle: Mapping[str, Any], hook: str,
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(items),
                          "entry": [{"resource": r} for r in items]} if items else None
     return {"hook": hook, "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/mskcds-cli", "patientId": patients[0]["id"]},
+            "context": {"userId": "Practitioner/mskcds-cli", "patientId": patient_id},
             "prefetch": prefetch}

@@ -200,7 +200,7 @@ class _Builder:
         """The rule in the canonical unit and in every other accepted unit of ``kind`` whose
         numbers differ (a cut-off the guideline states in a unit is shown as stated)."""
         out = [(self.unit_label(unit), interval.describe(self.unit_label(unit)))]
-        accepted = self.term.units[kind].accepted if (self.term and kind in self.term.units) else {}
+        accepted = self.term.units[kind].accepted if (kind is not None and kind in self.term.units) else {}
         shown = {self.unit_label(unit)}
         for code, rule in accepted.items():
             label = self.unit_label(code)
@@ -223,6 +223,7 @@ class _Builder:
     def row(self, what: str, crit: Criterion, kind: str | None = None, unit: str = "",
             stated: Mapping[str, Mapping[float, float]] | None = None,
             text: str | None = None) -> Row:
+        rules: tuple[tuple[str, str], ...]
         if text is not None:
             rules = (("", text),)
         elif crit.interval.lower is None and crit.interval.upper is None:
@@ -275,7 +276,7 @@ class _Builder:
     def sarcopenia_rows(self, part: str, r: Rules) -> list[Row]:
         s = r.sarcopenia
         kinds, measures, sex = self.cr.kinds, self.cr.measures, self.cr.labels.sex
-        cuts: list[tuple[str, str, Any]] = []
+        cuts: list[tuple[str, str | None, Any]] = []
         if part == "grip":
             cuts = [(kinds["grip-strength"], "grip-strength", s.grip)]
         elif part == "gait":

@@ -11,6 +11,7 @@ from typing import Any
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.knowledge.intervals import Interval
 from cds.knowledge.rules import Rules
+from cds.knowledge.sarcopenia import SexCutoff
 from cds.pages.charts import Band, ChartSpec, Series
 
 #: chart order and the kinds drawn (DXA kinds per site)
@@ -96,6 +97,7 @@ def _bands(kind: str, site: str | None, ms: list[Measurement], facts: PatientFac
         if facts.gender not in ("male", "female"):
             notes.append("Cut-offs are sex-specific; the patient's sex is not on record.")
         else:
+            cut: SexCutoff | None
             if kind == "grip-strength":
                 cut = s.grip
             elif kind == "gait-speed":
