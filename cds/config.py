@@ -8,6 +8,7 @@ The README lists them all; keep the two in step.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -84,7 +85,17 @@ class Config:
     public_base_url: str | None = None
     allowed_fhir_servers: tuple[str, ...] = ()
     jwt_leeway_seconds: int = 30
+    #: longest accepted token: exp - iat and exp - now (CDS Hooks: short-lived, 5 minutes)
+    jwt_max_lifetime_seconds: int = 300
     jwks_cache_seconds: int = 3600
+    #: one total deadline per JWKS fetch (connect, headers and body together)
+    jwks_fetch_timeout: float = 2.0
+    #: per-client rate limit: a refetch for an unknown kid, or after a failure, at most this often
+    jwks_min_refresh_seconds: float = 30.0
+    #: addresses whose X-Forwarded-* headers gunicorn may trust (mskcds serve); none by default
+    trusted_proxies: tuple[str, ...] = ()
+    #: `mskcds serve` with authentication off on a non-loopback address (never in production)
+    insecure_allow_remote: bool = False
     # "memory" (per worker process!) or a SQLAlchemy URL shared by all workers/instances;
     # "" = the SQLite file mskcds-replay.sqlite3 in data_dir
     replay_cache_url: str = ""
@@ -154,6 +165,18 @@ class Config:
             raise ConfigError("MSKCDS_JWT_LEEWAY_SECONDS must be between 0 and 300")
         if self.jwks_cache_seconds < 0:
             raise ConfigError("MSKCDS_JWKS_CACHE_SECONDS must not be negative")
+        if self.jwt_max_lifetime_seconds <= 0:
+            raise ConfigError("MSKCDS_JWT_MAX_LIFETIME_SECONDS must be positive")
+        if not 0 < self.jwks_fetch_timeout <= 30:
+            raise ConfigError("MSKCDS_JWKS_FETCH_TIMEOUT must be between 0 and 30 seconds")
+        if self.jwks_min_refresh_seconds < 0:
+            raise ConfigError("MSKCDS_JWKS_MIN_REFRESH_SECONDS must not be negative")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise ConfigError(f"MSKCDS_TRUSTED_PROXIES: {proxy!r} is not an IP address or "
+                                  "network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MSKCDS_{name.upper()} must be positive")

@@ -51,6 +51,10 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "MSKCDS_LOG_LEVEL": "INFO", **env}
+        if self.env.get("MSKCDS_REQUIRE_AUTH", "true").lower() in ("1", "true", "yes", "on") \
+                and "MSKCDS_PUBLIC_BASE_URL" not in env:
+            # Authentication needs the public URL (the JWT aud); here it is the test server's.
+            self.env["MSKCDS_PUBLIC_BASE_URL"] = self.base_url
         self.workers = workers
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

@@ -69,10 +69,14 @@ class Timings:
 
 
 def timed_calls(n: int, call: Callable[[], requests.Response], timeout_value: float,
-                pause: float = 0.0) -> Timings:
-    """``n`` calls in a row; a call that raised counts as ``timeout_value`` seconds."""
+                pause: float = 0.0, max_seconds: float = 30.0) -> Timings:
+    """``n`` calls in a row (stopping after ``max_seconds``, so a failing run stays short);
+    a call that raised counts as ``timeout_value`` seconds."""
     out = Timings()
+    ends = time.monotonic() + max_seconds
     for _ in range(n):
+        if time.monotonic() > ends:
+            break
         started = time.perf_counter()
         try:
             status: Any = call().status_code

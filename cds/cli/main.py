@@ -46,6 +46,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import errno
 
     config = Config.from_env()  # a bad setting stops here, before anything is bound
+    from cds.security.clients import is_loopback
+
+    if not config.require_auth and not is_loopback(args.host) \
+            and not (args.insecure_allow_remote or config.insecure_allow_remote):
+        raise CliError(f"refusing to serve with authentication OFF on {args.host}, which other "
+                       "machines can reach: turn authentication on (MSKCDS_REQUIRE_AUTH=true "
+                       "with MSKCDS_CLIENTS_FILE), bind to 127.0.0.1, or pass "
+                       "--insecure-allow-remote if you really mean it", status=2)
     from cds import metrics
     from cds.http import server
 
@@ -66,7 +74,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(config)  # as gunicorn --preload: built once, before the workers fork
     options = server.gunicorn_options(listener, workers=args.workers, threads=args.threads,
-                                      access_log=args.access_log)
+                                      access_log=args.access_log,
+                                      forwarded_allow_ips=config.trusted_proxies)
     print(f"mskcds: serving on http://{_url_host(args.host)}:{args.port}/cds-services "
           f"({args.workers} worker(s) x {args.threads} thread(s))", file=sys.stderr, flush=True)
     server.run(app, options)
@@ -204,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (at least 1)")
     serve.add_argument("--threads", type=positive_int, default=4,
                        help="threads per worker (at least 1)")
+    serve.add_argument("--insecure-allow-remote", action="store_true",
+                       help="allow authentication OFF on a non-loopback --host (never in "
+                       "production; also MSKCDS_INSECURE_ALLOW_REMOTE=true)")
     serve.add_argument("--access-log", action="store_true", help="gunicorn access log to stdout "
                        "(off by default: our own request log carries no patient data)")
     serve.set_defaults(func=_cmd_serve)

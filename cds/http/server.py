@@ -8,7 +8,7 @@ this process. Workers fork from it; each opens its own database connections.
 from __future__ import annotations
 
 import socket
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -38,8 +38,11 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def gunicorn_options(listener: socket.socket, *, workers: int, threads: int,
-                     access_log: bool) -> dict[str, Any]:
+                     access_log: bool, forwarded_allow_ips: Sequence[str] = ()) -> dict[str, Any]:
     return {
+        # X-Forwarded-Proto/-Ssl are believed only from these addresses (MSKCDS_TRUSTED_PROXIES;
+        # gunicorn's own default trusts 127.0.0.1, i.e. anyone on the machine).
+        "forwarded_allow_ips": list(forwarded_allow_ips),
         "bind": [f"fd://{listener.fileno()}"],
         "workers": workers,
         "worker_class": "gthread",

@@ -9,11 +9,15 @@ the CDS Client (EHR) with an asymmetric key. The service accepts the call only w
 * the key comes from that client's configured JWKS (inline or file), or from its
   configured ``jwks_url``: a ``jku`` header is only ever honoured when it equals
   that URL (nothing else is fetched, so no SSRF through ``jku``). Fetched sets are
-  cached for ``MSKCDS_JWKS_CACHE_SECONDS`` and refetched once on an unknown ``kid``
-  (key rotation), at most once per ``REFRESH_COOLDOWN_SECONDS``;
+  cached for ``MSKCDS_JWKS_CACHE_SECONDS``, fetched in the background with one total
+  deadline, and refetched on an unknown ``kid`` (key rotation) at most once per
+  ``MSKCDS_JWKS_MIN_REFRESH_SECONDS`` (``cds.security.jwks``: a slow JWKS endpoint of one
+  client never stalls another);
 * the signature verifies; ``aud`` (string or array) holds the URL of the endpoint
   called; ``exp`` is in the future and ``iat`` not in the future (within
-  ``MSKCDS_JWT_LEEWAY_SECONDS``); ``iss``, ``aud``, ``exp``, ``iat``, ``jti`` are all
+  ``MSKCDS_JWT_LEEWAY_SECONDS``); the token is short-lived: ``exp - iat`` and
+  ``exp - now`` at most ``MSKCDS_JWT_MAX_LIFETIME_SECONDS`` (5 minutes); ``iss``, ``aud``,
+  ``exp``, ``iat``, ``jti`` are all
   present (the claims CDS Hooks 2.0 requires); ``tenant`` matches when configured;
 * the ``jti`` was not accepted before for this ``iss`` while its token lives
   (``cds.replay``; checked last, so unauthenticated junk never fills the cache). A replay
@@ -28,19 +32,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import jwt
-import requests
 from jwt.exceptions import (DecodeError, ExpiredSignatureError, ImmatureSignatureError,
                             InvalidIssuerError, InvalidSignatureError, InvalidTokenError,
                             MissingRequiredClaimError)
 
-from cds.security.clients import (ALLOWED_ALGORITHMS, JwksError, PublicKey, TrustedClient, load_clients,
-                      parse_jwks)
+from cds.security.clients import (ALLOWED_ALGORITHMS, PublicKey, TrustedClient, check_url,
+                                  load_clients)
+from cds.security.jwks import JwksFetcher
 from cds.config import Config, ConfigError
 from cds.errors import ServiceUnavailable, Unauthorized
 from cds.security.replay import ReplayCacheError, open_replay_cache, replay_key
@@ -50,9 +53,6 @@ log = logging.getLogger("mskcds.auth")
 
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 MAX_TOKEN_CHARS = 16 * 1024
-MAX_JWKS_BYTES = 64 * 1024
-JWKS_TIMEOUT = (2.0, 3.0)  # connect, read (seconds)
-REFRESH_COOLDOWN_SECONDS = 30.0
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 
@@ -69,69 +69,6 @@ def _show(value: Any, limit: int = 80) -> str:
     """A short, quoted rendering of an untrusted value for a log reason."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "...'"
-
-
-# ---------------------------------------------------------------------------- remote JWKS
-class JwksFetcher:
-    """Fetches and caches the JWK Sets at configured ``jwks_url``s (and nothing else)."""
-
-    def __init__(self, cache_seconds: float, session: requests.Session | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.cache_seconds = cache_seconds
-        self.session = session or requests.Session()
-        self.session.trust_env = False  # no proxies or .netrc from the environment
-        self.clock = clock
-        self._cache: dict[str, tuple[dict[str, PublicKey], float]] = {}
-        self._last_refresh: dict[str, float] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
-
-    def _lock_for(self, url: str) -> threading.Lock:
-        # One lock per URL: a slow JWKS endpoint of one client never delays another client.
-        with self._locks_lock:
-            return self._locks.setdefault(url, threading.Lock())
-
-    def key(self, url: str, kid: str) -> PublicKey | None:
-        with self._lock_for(url):
-            now = self.clock()
-            cached = self._cache.get(url)
-            if cached is None or now - cached[1] >= self.cache_seconds:
-                keys = self._fetch(url)
-                self._cache[url] = (keys, now)
-                return keys.get(kid)
-            keys = cached[0]
-            if kid in keys:
-                return keys[kid]
-            # Unknown kid: the client may have rotated its key. Refetch once, but not on
-            # every request with a made-up kid.
-            last = self._last_refresh.get(url)
-            if last is not None and now - last < REFRESH_COOLDOWN_SECONDS:
-                return None
-            self._last_refresh[url] = now
-            keys = self._fetch(url)
-            self._cache[url] = (keys, now)
-            return keys.get(kid)
-
-    def _fetch(self, url: str) -> dict[str, PublicKey]:
-        try:
-            with self.session.get(url, timeout=JWKS_TIMEOUT, allow_redirects=False, stream=True,
-                                  headers={"Accept": "application/json"}) as resp:
-                if resp.status_code != 200:
-                    raise Unauthorized(f"JWKS fetch from {url} answered HTTP {resp.status_code} "
-                                       "(redirects are not followed)")
-                body = b""
-                for chunk in resp.iter_content(8192):
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise Unauthorized(f"JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes")
-        except requests.RequestException as exc:
-            raise Unauthorized(f"JWKS fetch from {url} failed: {exc.__class__.__name__}") from None
-        try:
-            return parse_jwks(json.loads(body.decode("utf-8")), strict=False)
-        except (ValueError, JwksError) as exc:
-            raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: {exc}") from None
-        except RecursionError:  # deeply nested JSON inside the size cap: was a 500
-            raise Unauthorized(f"JWKS at {url} is not a usable JWK Set: nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------- authenticator
@@ -175,10 +112,20 @@ class Authenticator:
             except ReplayCacheError as exc:
                 raise ConfigError(f"MSKCDS_REPLAY_CACHE_URL: {exc}") from None
         if self.fetcher is None:
-            self.fetcher = JwksFetcher(config.jwks_cache_seconds)
+            self.fetcher = JwksFetcher(config.jwks_cache_seconds,
+                                       fetch_timeout=config.jwks_fetch_timeout,
+                                       min_refresh_seconds=config.jwks_min_refresh_seconds)
         if not config.public_base_url:
-            log.warning("MSKCDS_PUBLIC_BASE_URL is not set: the JWT aud is checked against the "
-                        "URL built from the request's Host header. Set it in production.")
+            # Else aud would follow the request's Host and X-Forwarded-* headers, which the
+            # caller chooses: a token for https://evil.example/... would be accepted.
+            raise ConfigError(
+                "authentication is on but MSKCDS_PUBLIC_BASE_URL is not set: the JWT aud must "
+                "be checked against the URL EHRs call (e.g. https://cds.example.org), never "
+                "one built from the request's Host header. Set MSKCDS_PUBLIC_BASE_URL.")
+        try:
+            check_url(config.public_base_url)
+        except ValueError as exc:
+            raise ConfigError(f"MSKCDS_PUBLIC_BASE_URL: {exc}") from None
         log.info("authentication on: %d trusted client(s)", len(self.clients))
 
     def authenticate(self, endpoint_url: str, authorization: str | None) -> Client | None:
@@ -253,6 +200,10 @@ class Authenticator:
             raise Unauthorized(f"iss {_show(iss)}: token expired")
         if iat > now + leeway:
             raise Unauthorized(f"iss {_show(iss)}: iat is in the future")
+        longest = self.config.jwt_max_lifetime_seconds
+        if exp - iat > longest + leeway or exp - now > longest + leeway:
+            raise Unauthorized(f"iss {_show(iss)}: token lifetime is longer than {longest} s "
+                               "(MSKCDS_JWT_MAX_LIFETIME_SECONDS; exp - iat and exp - now)")
         aud = claims["aud"]
         auds = [aud] if isinstance(aud, str) else aud
         if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):

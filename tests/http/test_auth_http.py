@@ -262,6 +262,17 @@ REJECTIONS: dict[str, tuple[Callable[[Env], dict[str, str]], str]] = {
     "exp out of range": (lambda e: e.es.bearer(service_url(e), exp=10 ** 400), "out of range"),
     "iat out of range": (lambda e: e.es.bearer(service_url(e), iat=-(10 ** 400)), "out of range"),
     "jwks nested too deeply": (lambda e: e.deep.bearer(service_url(e)), "nested too deeply"),
+    # Signed, but not short-lived: exp - iat and exp - now are bounded (5 minutes).
+    "exp 10 years ahead, iat 1": (lambda e: e.es.bearer(service_url(e), iat=1,
+                                                        exp=int(time.time()) + 10 * 365 * 86400),
+                                  "token lifetime is longer than 300 s"),
+    "exp 10^30": (lambda e: e.es.bearer(service_url(e), exp=10 ** 30),
+                  "token lifetime is longer than 300 s"),
+    "exp one hour ahead": (lambda e: e.es.bearer(service_url(e), exp=int(time.time()) + 3600),
+                           "token lifetime is longer than 300 s"),
+    "iat old, exp soon": (lambda e: e.es.bearer(service_url(e), iat=int(time.time()) - 86400,
+                                                exp=int(time.time()) + 60),
+                          "token lifetime is longer than 300 s"),
 }
 
 

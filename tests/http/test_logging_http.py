@@ -37,7 +37,8 @@ def run(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": str(clients),
            "MSKCDS_REPLAY_CACHE_URL": f"sqlite:///{tmp / 'replay.sqlite3'}",
-           "MSKCDS_DATABASE_URL": f"sqlite:///{tmp / 'mskcds.sqlite3'}", "MSKCDS_LOG_LEVEL": "INFO"}
+           "MSKCDS_DATABASE_URL": f"sqlite:///{tmp / 'mskcds.sqlite3'}", "MSKCDS_LOG_LEVEL": "INFO",
+           "MSKCDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "cds.cli.main", "serve", "--host", "127.0.0.1",
