@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g
 
 from cds.http.body import json_response, read_json
-from cds.http.state import authenticate, state
+from cds.http.state import authenticate, owner, state
 
 blueprint = Blueprint("services", __name__)
 
@@ -29,6 +29,6 @@ def call_service(service_id: str) -> Response:
     allowed = client.fhir_servers if client is not None else st.config.allowed_fhir_servers
     result = st.engine.call(service_id, payload, allowed_fhir_servers=allowed)
     st.store.record_issued(result.service_id, result.hook, result.hook_instance,
-                           result.response["cards"])
+                           result.response["cards"], owner=owner(client))
     g.log["cards"] = len(result.response["cards"])
     return json_response(result.response)

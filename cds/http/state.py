@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from cds.config import Config
 from cds.engine import Engine
 from cds.security.auth import Authenticator, Client
-from cds.store.storage import SqlStore
+from cds.store.storage import Owner, SqlStore
 from cds.urls import base_url
 
 EXTENSION = "mskcds"
@@ -38,6 +38,11 @@ def endpoint_url() -> str:
     cfg = state().config
     base = base_url(cfg.public_base_url) if cfg.public_base_url else base_url(request.host_url)
     return base + request.path
+
+
+def owner(client: Client | None) -> Owner | None:
+    """Who issued cards belong to: the authenticated client (None: authentication off)."""
+    return Owner(client.iss, client.tenant) if client is not None else None
 
 
 def authenticate(service_id: str | None = None) -> Client | None:

@@ -62,7 +62,9 @@ class Client:
 
     iss: str
     fhir_servers: tuple[str, ...] = ()
+    #: the token's ``tenant`` claim (equal to the configured tenant when one is configured)
     tenant: str | None = None
+    admin: bool = False
 
 
 def _show(value: Any, limit: int = 80) -> str:
@@ -132,8 +134,12 @@ class Authenticator:
         """Return the trusted client, None when authentication is off; raise Unauthorized."""
         if not self.config.require_auth:
             return None
-        client, _claims = self.verify(bearer_token(authorization), endpoint_url)
-        return Client(iss=client.iss, fhir_servers=client.fhir_servers, tenant=client.tenant)
+        client, claims = self.verify(bearer_token(authorization), endpoint_url)
+        tenant = claims.get("tenant")
+        if not isinstance(tenant, str) or not tenant or len(tenant) > 255:
+            tenant = client.tenant
+        return Client(iss=client.iss, fhir_servers=client.fhir_servers, tenant=tenant,
+                      admin=client.admin)
 
     # ------------------------------------------------------------------------ the checks
     def verify(self, token: str, endpoint_url: str) -> tuple[TrustedClient, dict[str, Any]]:

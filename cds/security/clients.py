@@ -10,6 +10,7 @@ start-up, every problem reported with the file and the field (``clients[1].jwks_
         # or  jwks_file: keys/sandbox-jwks.json   # relative to this file
         tenant: optional-tenant-id                # when set, the JWT must carry this "tenant"
         fhir_servers: [https://fhir.example.org/r4]   # the only fhirServer values accepted
+        admin: false                              # true: may read the feedback summary
 
 Only public keys are accepted (a JWK with a private part is refused: the service
 never needs one) and only the asymmetric algorithms CDS Hooks allows.
@@ -36,7 +37,8 @@ ALLOWED_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512",
 EC_CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 MIN_RSA_BITS = 2048
-CLIENT_FIELDS = {"iss", "jwks", "jwks_file", "jwks_url", "tenant", "fhir_servers", "name"}
+CLIENT_FIELDS = {"iss", "jwks", "jwks_file", "jwks_url", "tenant", "fhir_servers", "name",
+                 "admin"}
 LOOPBACK_HOSTS = {"localhost"}
 
 
@@ -65,6 +67,7 @@ class TrustedClient:
     keys: Mapping[str, PublicKey] = field(default_factory=dict)  # inline / file JWKS
     jwks_url: str | None = None                                  # remote JWKS (the only jku)
     name: str | None = None
+    admin: bool = False                                          # may read the feedback summary
 
 
 class JwksError(ValueError):
@@ -254,5 +257,9 @@ def _load_client(entry: Any, where: str, base_dir: Path,
     if len(problems) > before or not isinstance(iss, str):
         return None
     name = entry.get("name")
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise ConfigError(f"{where}.admin: must be true or false")
     return TrustedClient(iss=iss.strip(), fhir_servers=tuple(servers), tenant=tenant, keys=keys,
-                         jwks_url=jwks_url, name=str(name) if name is not None else None)
+                         jwks_url=jwks_url, name=str(name) if name is not None else None,
+                         admin=admin)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
-                        Table, Text, create_engine, event, func, select, text)
+                        Table, Text, create_engine, event, false, func, select, text)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
@@ -113,7 +113,11 @@ issued_cards = Table(
     Column("indicator", String(16), nullable=False),
     Column("suggestion_uuids", Text, nullable=False),  # JSON list of uuid strings
     Column("issued_at", UTCDateTime, nullable=False),
+    # The authenticated client the card was issued to (NULL with authentication off).
+    Column("client_iss", String(255), nullable=True),
+    Column("tenant", String(255), nullable=True),
     Index("ix_issued_cards_issued_at", "issued_at"),
+    Index("ix_issued_cards_client", "client_iss", "tenant"),
 )
 
 feedback = Table(
@@ -343,15 +347,26 @@ def _canonical_uuid(value: Any) -> str:
     return str(uuid.UUID(str(value)))
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Who a card was issued to: the authenticated client's ``iss`` and ``tenant`` claim.
+
+    ``None`` instead of an Owner means authentication is off (one local user)."""
+
+    iss: str
+    tenant: str | None = None
+
+
 def _issued_row(service_id: str, hook: str, hook_instance: str, card: Mapping[str, Any],
-                now: datetime) -> dict[str, Any]:
+                now: datetime, owner: Owner | None = None) -> dict[str, Any]:
     topic = (card.get("source") or {}).get("topic") or {}
     suggestions = [_canonical_uuid(s["uuid"]) for s in card.get("suggestions") or []]
     return {"card_uuid": _canonical_uuid(card["uuid"]), "service_id": service_id, "hook": hook,
             "hook_instance": _canonical_uuid(hook_instance),
             "finding_code": topic.get("code"), "finding_system": topic.get("system"),
             "indicator": card["indicator"], "suggestion_uuids": json.dumps(suggestions),
-            "issued_at": now}
+            "issued_at": now, "client_iss": owner.iss if owner else None,
+            "tenant": owner.tenant if owner else None}
 
 
 def report_key(service_id: str, item: Mapping[str, Any]) -> str:
@@ -420,7 +435,7 @@ class SqlStore:
 
     # ------------------------------------------------------------- hot path
     def record_issued(self, service_id: str, hook: str, hook_instance: str,
-                      cards: list[dict[str, Any]]) -> bool:
+                      cards: list[dict[str, Any]], owner: Owner | None = None) -> bool:
         """Record the cards of one answer: one short transaction, one executemany.
 
         On the hot path of every service call. If the database is unavailable
@@ -432,7 +447,8 @@ class SqlStore:
             return True
         now = utcnow()
         try:
-            rows = [_issued_row(service_id, hook, hook_instance, card, now) for card in cards]
+            rows = [_issued_row(service_id, hook, hook_instance, card, now, owner)
+                    for card in cards]
             with self._write(sqlite_synchronous=ISSUED_SYNCHRONOUS) as conn:
                 conn.execute(issued_cards.insert(), rows)
         except (StorageUnavailable, SQLAlchemyError, KeyError, TypeError, ValueError) as exc:
@@ -442,9 +458,14 @@ class SqlStore:
         return True
 
     # ------------------------------------------------------------- feedback
-    def record_feedback(self, service_id: str, payload: Any) -> "FeedbackCounts":
+    def record_feedback(self, service_id: str, payload: Any,
+                        owner: Owner | None = None) -> "FeedbackCounts":
         """Validate and store one feedback request, all or nothing. Returns how many items
-        were stored and how many were duplicates of reports already stored."""
+        were stored and how many were duplicates of reports already stored.
+
+        With an ``owner`` (authentication on), a card issued to another client or tenant
+        is treated exactly as a card never issued: the answer says nothing about it.
+        """
         items = wire.load_feedback(payload)
         now = utcnow()
         with self._write() as conn:
@@ -452,9 +473,11 @@ class SqlStore:
             known: dict[str, Any] = {}
             for chunk in _chunks(wanted, 500):
                 for row in conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.service_id,
-                                               issued_cards.c.suggestion_uuids)
+                                               issued_cards.c.suggestion_uuids,
+                                               issued_cards.c.client_iss, issued_cards.c.tenant)
                                         .where(issued_cards.c.card_uuid.in_(chunk))):
-                    known[row.card_uuid] = row
+                    if owner is None or (row.client_iss, row.tenant) == (owner.iss, owner.tenant):
+                        known[row.card_uuid] = row
             issues: list[Issue] = []
             rows: list[dict[str, Any]] = []
             for index, item in enumerate(items):
@@ -515,11 +538,16 @@ class SqlStore:
                               outcomes=tuple(outcomes))
 
     # ------------------------------------------------------------- report
-    def summary(self, start: str | None, end: str | None) -> dict[str, Any]:
-        return self.report(parse_range(start, end))
+    def summary(self, start: str | None, end: str | None, *, client: str | None = None,
+                tenant: str | None = None) -> dict[str, Any]:
+        return self.report(parse_range(start, end), client=client, tenant=tenant)
 
-    def report(self, rng: DateRange) -> dict[str, Any]:
+    def report(self, rng: DateRange, *, client: str | None = None,
+               tenant: str | None = None) -> dict[str, Any]:
         """Per finding: cards issued in the range, and the feedback reports on those cards.
+
+        ``client`` / ``tenant``: only cards issued to that client ``iss`` / tenant (then
+        flagged reports on unknown cards, which belong to no one, are left out).
 
         Feedback is counted against the issue time of its card (the cohort of
         cards issued in the range), so the acceptance rate compares like with
@@ -542,9 +570,12 @@ class SqlStore:
             return conds
 
         ic, fb = issued_cards, feedback
+        owned = [ic.c.client_iss == client] if client is not None else []
+        if tenant is not None:
+            owned.append(ic.c.tenant == tenant)
         with self._read() as conn:
             for row in conn.execute(select(ic.c.finding_code, func.count().label("n"))
-                                    .where(*in_range(ic.c.issued_at))
+                                    .where(*in_range(ic.c.issued_at), *owned)
                                     .group_by(ic.c.finding_code)):
                 entry(row.finding_code)["issued"] = row.n
             joined = fb.join(ic, fb.c.issued_card == ic.c.card_uuid)
@@ -552,7 +583,7 @@ class SqlStore:
                                            fb.c.override_reason_system, fb.c.override_reason_code,
                                            fb.c.user_comment.is_not(None).label("has_comment"),
                                            func.count().label("n"))
-                                    .select_from(joined).where(*in_range(ic.c.issued_at))
+                                    .select_from(joined).where(*in_range(ic.c.issued_at), *owned)
                                     .group_by(ic.c.finding_code, fb.c.outcome,
                                               fb.c.override_reason_system,
                                               fb.c.override_reason_code, "has_comment")):
@@ -561,7 +592,8 @@ class SqlStore:
                                            fb.c.override_reason_code,
                                            fb.c.user_comment.is_not(None).label("has_comment"),
                                            func.count().label("n"))
-                                    .where(fb.c.issued_card.is_(None), *in_range(fb.c.received_at))
+                                    .where(fb.c.issued_card.is_(None), *in_range(fb.c.received_at),
+                                           *([false()] if owned else []))
                                     .group_by(fb.c.outcome, fb.c.override_reason_system,
                                               fb.c.override_reason_code, "has_comment")):
                 self._add(entry(UNKNOWN_FINDING), row)

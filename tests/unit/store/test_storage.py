@@ -16,13 +16,13 @@ from sqlalchemy import create_engine, inspect, text
 
 from cds.config import Config
 from cds.errors import BadRequest
-from cds.store.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, SqlStore, current_revision,
+from cds.store.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, Owner, SqlStore, current_revision,
                          migrate, open_store, report_key)
 from feedback_support import (BACKENDS, SERVICE, TOPIC_SYSTEM, make_card,  # noqa: F401
                               new_database_url, pg_databases, pg_scratch_url)
 
 REPO = Path(__file__).resolve().parents[3]
-HEAD = "0001"
+HEAD = "0002"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -72,9 +72,11 @@ def test_migrations_create_schema_and_are_idempotent(db_url):
         insp = inspect(engine)
         assert {"issued_cards", "feedback", "alembic_version"} <= set(insp.get_table_names())
         issued_cols = {c["name"] for c in insp.get_columns("issued_cards")}
-        # The issued-card record holds no patient identifier and no clinical text.
+        # The issued-card record holds no patient identifier and no clinical text; it names
+        # the client (EHR iss and tenant) it was issued to.
         assert issued_cols == {"card_uuid", "service_id", "hook", "hook_instance", "finding_code",
-                               "finding_system", "indicator", "suggestion_uuids", "issued_at"}
+                               "finding_system", "indicator", "suggestion_uuids", "issued_at",
+                               "client_iss", "tenant"}
     finally:
         engine.dispose()
 
@@ -281,6 +283,24 @@ def test_unknown_card_rejected_by_default(db_url):
     assert store.counts()["feedback"] == 0
 
 
+def test_another_clients_card_is_an_unknown_card_and_reports_split_by_owner(db_url):
+    store = store_for(db_url)
+    a, a2, b = Owner("https://a.example", "t1"), Owner("https://a.example", "t2"), Owner("https://b.example")
+    card = make_card("osteoporosis")
+    assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card], owner=a)
+    for other in (b, a2):
+        with pytest.raises(BadRequest) as err:
+            store.record_feedback(SERVICE, {"feedback": [accepted(card)]}, owner=other)
+        assert expressions(err.value) == ["feedback[0].card"]
+        assert "is not a card this service issued" in err.value.issues[0].diagnostics
+    assert store.counts()["feedback"] == 0
+    assert store.record_feedback(SERVICE, {"feedback": [accepted(card)]}, owner=a) == 1
+    assert store.summary(None, None, client=a.iss)["osteoporosis"]["accepted"] == 1
+    assert store.summary(None, None, tenant="t1")["osteoporosis"]["accepted"] == 1
+    assert store.summary(None, None, client=b.iss) == {}
+    assert store.summary(None, None, tenant="t2") == {}
+
+
 def test_unknown_card_flagged_when_configured(db_url):
     store = store_for(db_url, feedback_unknown_card="flag")
     ghost = make_card("osteoporosis")
@@ -412,7 +432,8 @@ def test_plain_install_ships_the_migrations(tmp_path):
     (wheel,) = wheel_dir.glob("mskcds-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"cds/store/migrations/env.py", "cds/store/migrations/script.py.mako",
-            "cds/store/migrations/versions/0001_issued_cards_and_feedback.py"} <= names
+            "cds/store/migrations/versions/0001_issued_cards_and_feedback.py",
+            "cds/store/migrations/versions/0002_issued_card_owner.py"} <= names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     db = tmp_path / "plain.sqlite3"
@@ -422,7 +443,7 @@ def test_plain_install_ships_the_migrations(tmp_path):
                           "sys.exit(main(['migrate']))", str(site)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "revision 0001" in out.stdout
+    assert f"revision {HEAD}" in out.stdout
 
 
 # --------------------------------------------------------------------------- failures
