@@ -294,7 +294,7 @@ def test_another_clients_card_is_an_unknown_card_and_reports_split_by_owner(db_u
         assert expressions(err.value) == ["feedback[0].card"]
         assert "is not a card this service issued" in err.value.issues[0].diagnostics
     assert store.counts()["feedback"] == 0
-    assert store.record_feedback(SERVICE, {"feedback": [accepted(card)]}, owner=a) == 1
+    assert store.record_feedback(SERVICE, {"feedback": [accepted(card)]}, owner=a).stored == 1
     assert store.summary(None, None, client=a.iss)["osteoporosis"]["accepted"] == 1
     assert store.summary(None, None, tenant="t1")["osteoporosis"]["accepted"] == 1
     assert store.summary(None, None, client=b.iss) == {}
