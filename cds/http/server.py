@@ -42,7 +42,7 @@ def gunicorn_options(listener: socket.socket, *, workers: int, threads: int,
     return {
         # X-Forwarded-Proto/-Ssl are believed only from these addresses (MSKCDS_TRUSTED_PROXIES;
         # gunicorn's own default trusts 127.0.0.1, i.e. anyone on the machine).
-        "forwarded_allow_ips": list(forwarded_allow_ips),
+        "forwarded_allow_ips": ",".join(forwarded_allow_ips),
         "bind": [f"fd://{listener.fileno()}"],
         "workers": workers,
         "worker_class": "gthread",
