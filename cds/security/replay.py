@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cds.store.db import ProcessLocalEngine, discard_broken_connections
+from cds.store.db import PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections
 
 PURGE_EVERY_SECONDS = 60.0
 
@@ -116,7 +116,8 @@ class SqlReplayCache:
                 cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
                 cur.close()
             return discard_broken_connections(engine)
-        return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4,
+                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS})
 
     def _upsert(self, key: str, expires_at: float, now: float):
         """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""

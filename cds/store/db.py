@@ -46,6 +46,10 @@ class ProcessLocalEngine:
             self._pid = None
 
 
+#: PostgreSQL: seconds a new connection may take before it fails (a server that is down or
+#: restarting then answers 503 at once instead of holding the request).
+PG_CONNECT_TIMEOUT_SECONDS = 3
+
 #: sqlite3 errors after which a connection must not go back to the pool. SQLite opens a
 #: file read-only when it cannot write it (and such a connection stays read-only after the
 #: condition clears); a file handle can break (I/O error) or stay locked.

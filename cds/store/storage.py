@@ -50,7 +50,7 @@ from sqlalchemy.types import TypeDecorator
 
 from cds.hooks import wire
 from cds.config import Config, ConfigError
-from cds.store.db import ProcessLocalEngine, discard_broken_connections
+from cds.store.db import PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
@@ -195,6 +195,7 @@ def build_engine(url: str) -> Engine:
             # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
             parsed = parsed.set(drivername="postgresql+psycopg")
         return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
                              pool_timeout=10)
     raise ConfigError(f"MSKCDS_DATABASE_URL: unsupported database {parsed.get_backend_name()!r} "
                       "(use sqlite:///... or postgresql+psycopg://...)")

@@ -73,7 +73,8 @@ def _check(load: Load, start: float, end: float, server, store_name: str) -> flo
     after = load.between(end, float("inf"))
     recovery = load.recovery_seconds(end)
     print(f"before {counts(before)}\nduring {counts(during)}\nafter {counts(after)}\n"
-          f"recovered {recovery:.2f} s after the fault ended")
+          f"recovered {recovery:.2f} s after the fault ended; odd answers (s into the fault): "
+          f"{[(round(o.at - start, 1), o.call) for o in during if o.call not in (200, 503)]}")
     assert before and all(Load.ok(o) for o in before), counts(before)
     # During: refused calls are 503 + Retry-After, never 401 or 500.
     assert {o.call for o in during} <= {200, 503}, counts(during)
