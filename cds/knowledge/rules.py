@@ -9,7 +9,7 @@ threshold or a code: those are in the YAML.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, TypeVar
 

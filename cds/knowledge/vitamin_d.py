@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
-from marshmallow import ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import ValidationError, fields, post_load, validate
 
 from cds.knowledge.citations import CitationRef, CitationRefSchema
 from cds.knowledge.intervals import BoundsSchema, Criterion, Interval, check_disjoint
