@@ -36,3 +36,17 @@ def rules_copy(tmp_path: Path, with_categories: bool = True) -> Path:
         vs.update(_load(CATEGORIES.read_text()))
         (out / "valuesets.yaml").write_text(_dump(vs))
     return out
+
+
+def copy_all_rules(tmp_path: Path) -> Path:
+    """Every file of rules/ copied to tmp (for tests that break or change one on purpose)."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES, target)
+    return target
+
+
+def edit_yaml(path: Path, change: Any) -> None:
+    """Load a rules file, let ``change`` edit the data in place, write it back."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -3,20 +3,19 @@ one, broken on purpose) stops start-up with a RulesError naming the file and the
 one threshold in a tmp copy flips an outcome; profiles are picked by configuration."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cds.config import Config, ConfigError
 from cds.clinical.evaluate import evaluate
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.knowledge.loader import RulesError
 from cds.knowledge.rules import load_rules
+from rules_support import copy_all_rules, edit_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 RULES = REPO / "rules"
@@ -24,16 +23,11 @@ AS_OF = date(2026, 11, 22)
 
 
 @pytest.fixture()
-def rules_copy(tmp_path):
-    target = tmp_path / "rules"
-    shutil.copytree(RULES, target)
-    return target
+def rules_copy(tmp_path: Path) -> Path:
+    return copy_all_rules(tmp_path)
 
 
-def edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+edit = edit_yaml
 
 
 def load(rules_dir: Path, **kw):

@@ -5,12 +5,10 @@ error naming the file, the field and the name, never a silently different card."
 from __future__ import annotations
 
 import ast
-import shutil
 from datetime import date
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cds.cards.builder import build_cards, check_templates
 from cds.clinical.evaluate import evaluate
@@ -21,6 +19,7 @@ from cds.fhir.normalize import normalize
 from cds.knowledge.loader import RulesError
 from cds.knowledge.rules import load_rules
 from cds.knowledge.vocabulary import FINDINGS, KINDS, RECOGNISED_ONLY, Kind
+from rules_support import copy_all_rules, edit_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 RULES = REPO / "rules"
@@ -30,15 +29,10 @@ CLINICAL = REPO / "cds" / "clinical"
 
 @pytest.fixture()
 def rules_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "rules"
-    shutil.copytree(RULES, target)
-    return target
+    return copy_all_rules(tmp_path)
 
 
-def edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+edit = edit_yaml
 
 
 def rename_everywhere(rules_dir: Path, old: str, new: str) -> None:
