@@ -190,3 +190,23 @@ def test_original_value_shown_only_when_it_differs(engine):
     (card,) = call(engine, payload)
     assert "T-score, total hip: -2.7, " in card["detail"]
     assert "sent as" not in card["detail"]
+
+
+def test_every_finding_variable_has_a_clinician_readable_form():
+    """A variable that is not plain text, a number or a date (a Measurement, a tuple, a
+    component Finding) has a formatter in cds.cards.builder._FORMAT, so a new variable can
+    never put a Python repr into card text."""
+    import dataclasses
+    import typing
+    from datetime import date as date_type
+
+    from cds.cards import builder
+    from cds.clinical.findings import FINDING_VARIABLES
+
+    simple = {str, int, float, date_type, type(None)}
+    for code, cls in FINDING_VARIABLES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            members = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+            if not members <= simple:
+                assert f.name in builder._FORMAT, f"{code}: {cls.__name__}.{f.name} needs a formatter"
