@@ -22,6 +22,7 @@ LAYERS = ["config", "errors", "logs", "metrics", "urls",   # foundations: settin
           "clinical",         # typed facts → typed findings (one module per domain)
           "fhir",             # prefetch/FHIR client, FHIR JSON → typed facts
           "cards",            # findings → cards
+          "pages",            # rule documentation and card preview pages (HTML)
           "store",            # issued cards, feedback
           "security",         # JWT verifier, trusted clients, replay cache
           "engine",           # where the stages meet
