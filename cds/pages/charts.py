@@ -82,7 +82,9 @@ def render_svg(spec: ChartSpec) -> str:
         raise ValueError(f"chart id {spec.id!r}")
     mpl = _matplotlib()
     mdates = mpl.dates
-    fig = mpl.figure.Figure(figsize=(5.6, 3.2), dpi=100, layout="constrained")
+    fig = mpl.figure.Figure(figsize=(5.6, 3.2), dpi=100)
+    # fixed margins: a constrained layout would draw the figure several times over
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.25)
     ax = fig.add_subplot()
     values = [v for s in spec.series for _, v in s.points]
     days = [d for s in spec.series for d, _ in s.points]
