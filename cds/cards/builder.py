@@ -202,13 +202,20 @@ def _value_rows(finding: Finding, rules: Rules) -> list[str]:
     return rows
 
 
-def _measurement_row(m: Measurement, rules: Rules) -> str:
+def measurement_label(m: Measurement, rules: Rules) -> str:
+    """What a result is, as a card (and the preview) names it: 'T-score, total hip (left)'."""
     cr = rules.cards
     label = cr.kinds.get(m.kind, m.kind)
     if m.site:
         label += f", {cr.sites.get(m.site, m.site)}"
     if m.laterality:
         label += f" ({m.laterality})"
+    return label
+
+
+def _measurement_row(m: Measurement, rules: Rules) -> str:
+    cr = rules.cards
+    label = measurement_label(m, rules)
     text = _with_unit(_value_text(m), _unit(rules, m.unit))
     if m.original_unit:
         original = _with_unit(f"{m.comparator or ''}{fmt_number(m.original_value)}",

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 
 from markupsafe import Markup
 
+from cds.cards.builder import measurement_label
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.knowledge.intervals import fmt_number
 from cds.knowledge.rules import Rules
@@ -35,16 +36,6 @@ def _sent(m: Measurement, rules: Rules) -> tuple[str, str]:
     unit = units.get(m.unit, m.unit)
     converted = f"{m.comparator or ''}{fmt_number(m.value)}" + (f" {unit}" if unit else "")
     return sent, (converted if converted != sent else "")
-
-
-def _label(m: Measurement, rules: Rules) -> str:
-    cr = rules.cards
-    label = cr.kinds.get(m.kind, m.kind)
-    if m.site:
-        label += f", {cr.sites.get(m.site, m.site)}"
-    if m.laterality:
-        label += f" ({m.laterality})"
-    return label
 
 
 def _what(action: Mapping[str, Any]) -> str:
@@ -115,7 +106,7 @@ def preview_model(facts: PatientFacts, cards: list[Mapping[str, Any]], rules: Ru
     values = []
     for m in measurements:
         sent, converted = _sent(m, rules)
-        values.append({"label": _label(m, rules), "sent": sent, "converted": converted,
+        values.append({"label": measurement_label(m, rules), "sent": sent, "converted": converted,
                        "day": m.day.isoformat()})
     records = [f"Condition: {c.display}" + (f" (onset {c.onset.isoformat()})" if c.onset else "")
                for cs in facts.conditions.values() for c in cs]
