@@ -49,8 +49,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
-from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,7 +64,8 @@ from fhir.resources.R4B.reference import Reference
 
 from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
 from cds.hooks.wire import FHIR_ID
-from cds.knowledge.terminology import ObservationCode, Terminology, UnitRule, load_terminology
+from cds.knowledge.rules import Rules
+from cds.knowledge.terminology import ObservationCode, Terminology, UnitRule
 from cds.knowledge.vocabulary import OBSERVATION_STATUSES
 
 log = logging.getLogger("mskcds.normalize")
@@ -114,7 +113,7 @@ class _Drop(Exception):
 
 
 # --------------------------------------------------------------------------- entry point
-def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: Any,
+def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: Rules | Terminology,
               as_of: date) -> PatientFacts:
     term = terminology_of(rules)
     items = [r for r in resources if isinstance(r, Mapping)]
@@ -203,23 +202,14 @@ def _when(m: Measurement) -> datetime:
     return m.when
 
 
-def terminology_of(rules: Any) -> Terminology:
-    """The loaded Terminology: ``rules`` itself, ``rules.terminology``, or (until the Rules
-    object carries one) loaded once per rules directory and cached — never per request."""
+def terminology_of(rules: Rules | Terminology) -> Terminology:
+    """The loaded Terminology: ``rules`` itself or the one the loaded Rules carry."""
     if isinstance(rules, Terminology):
         return rules
     term = getattr(rules, "terminology", None)
-    if isinstance(term, Terminology):
-        return term
-    source = getattr(rules, "source_dir", None)
-    if source is None:
-        raise TypeError("normalize needs a Terminology or a Rules object with .terminology")
-    return _cached_terminology(str(Path(source).resolve()))
-
-
-@lru_cache(maxsize=8)
-def _cached_terminology(rules_dir: str) -> Terminology:
-    return load_terminology(Path(rules_dir))
+    if not isinstance(term, Terminology):
+        raise TypeError("normalize needs a Terminology or the loaded Rules")
+    return term
 
 
 # --------------------------------------------------------------------------- helpers

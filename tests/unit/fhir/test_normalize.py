@@ -11,6 +11,8 @@ import pytest
 
 from cds.clinical.facts import PatientFacts
 from cds.fhir.normalize import normalize, parse_datetime
+from cds.config import Config
+from cds.knowledge.rules import load_rules
 from cds.knowledge.terminology import load_terminology
 
 from rules_support import rules_copy
@@ -700,18 +702,16 @@ def test_medication_of_another_patient(term):
 
 
 # ----------------------------------------------------------------------------- wiring
-def test_rules_object_with_terminology_or_legacy_rules(term, tmp_path):
+def test_rules_object_with_terminology(term, tmp_path):
     class WithTerm:
         terminology = term
     o = obs(VITD, 15, "ng/mL")
     assert run(WithTerm(), o).latest("vitamin-d-25oh").value == 15
-    # a Rules without .terminology (before the rules owner wires it in) loads rules/ once
-    class Legacy:
-        source_dir = REPO / "rules"
-    legacy = Legacy()
-    assert normalize([o], PID, legacy, AS_OF).latest("vitamin-d-25oh").value == 15
-    with pytest.raises(TypeError):
-        normalize([o], PID, object(), AS_OF)
+    # the loaded Rules always carry their Terminology (the rules-dir fallback is gone)
+    assert normalize([o], PID, load_rules(Config()), AS_OF).latest("vitamin-d-25oh").value == 15
+    for not_rules in (object(), type("Legacy", (), {"source_dir": REPO / "rules"})()):
+        with pytest.raises(TypeError):
+            normalize([o], PID, not_rules, AS_OF)
 
 
 @pytest.mark.parametrize("change, reason", [
