@@ -105,6 +105,8 @@ class Config:
     fhir_total_budget: float = 4.0
     fhir_max_pages: int = 10
     fhir_max_workers: int = 4
+    #: bytes read from the FHIR server per call, all keys and pages together (16 MiB)
+    fhir_max_call_bytes: int = 16 * 1024 * 1024
     # --- feedback storage (issue 5) ----------------------------------------
     # --- where defaults write ("" URLs above and below: a SQLite file in data_dir) -------
     data_dir: Path = field(default_factory=default_data_dir)
@@ -177,6 +179,8 @@ class Config:
             except ValueError:
                 raise ConfigError(f"MSKCDS_TRUSTED_PROXIES: {proxy!r} is not an IP address or "
                                   "network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+        if self.fhir_max_call_bytes <= 0:
+            raise ConfigError("MSKCDS_FHIR_MAX_CALL_BYTES must be positive")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MSKCDS_{name.upper()} must be positive")

@@ -51,9 +51,9 @@ class Engine:
         self.config = config
         self.rules = rules if rules is not None else load_rules(config)
         cards_mod.check_templates(self.rules)   # card text vs the findings' typed variables
-        # One pooled HTTP session per Engine for FHIR-server fallback (shared by its threads).
-        self.http_session = (http_session if http_session is not None
-                             else gather_mod.make_session(config))
+        # FHIR-server fallback: gather makes one session per call (its sockets are shut when
+        # the budget ends); a session given here (tests) is used as it is.
+        self.http_session = http_session
         self._today = today or (lambda: datetime.now(timezone.utc).date())
         # Cards link to their finding's rule page (GET /rules/<finding>) when the service knows
         # its public address (a link must be absolute); none is made otherwise.

@@ -10,7 +10,11 @@ For every prefetch key the service declares (its *templates*):
   ``fhirAuthorization`` bearer token (CDS Hooks 2.0, "Prefetch" and "FHIR Resource Access").
 
 Independent fetches run concurrently in a small thread pool, every HTTP call has
-connect/read timeouts, and the whole gathering step has one time budget. Anything
+connect/read timeouts, and the whole gathering step has one time budget and one byte
+budget (``MSKCDS_FHIR_TOTAL_BUDGET``, ``MSKCDS_FHIR_MAX_CALL_BYTES``: all keys and pages
+of one call together). Each call has its own connection pool: when the time budget ends,
+every socket it opened is shut down, so no fetch thread or connection outlives the call
+(a drip-feeding server cannot pile them up). Anything
 that cannot be had (no fhirServer, an unresolvable template token, an error or
 timeout, a wrong answer) makes the call fail with 412 (``PrefetchUnavailable``)
 naming the keys; the service never answers on part of the data.
@@ -27,6 +31,8 @@ import http.cookiejar
 import json
 import logging
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -34,6 +40,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from cds.config import Config
 from cds.errors import PrefetchUnavailable
@@ -78,17 +86,74 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
+class _AbortableAdapter(HTTPAdapter):
+    """An adapter that remembers every socket its pools open, so that ``abort()`` can shut
+    them all down: a fetch thread blocked reading one returns at once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._aborted = False
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        adapter = self
+
+        class Plain(HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return adapter._track(super()._new_conn())
+
+        class Tls(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return adapter._track(super()._new_conn())
+
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("PlainPool", (HTTPConnectionPool,), {"ConnectionCls": Plain}),
+            "https": type("TlsPool", (HTTPSConnectionPool,), {"ConnectionCls": Tls})}
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.add(sock)
+            aborted = self._aborted
+        if aborted:  # opened after the budget ended: never used
+            _shut(sock)
+        return sock
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
 def make_session(config: Config) -> requests.Session:
-    """One pooled session per Engine (shared by its threads): no cookies, no retries,
-    nothing from the environment (proxies, .netrc credentials)."""
+    """A pooled session: no cookies, no retries, nothing from the environment (proxies,
+    .netrc credentials). ``gather`` makes one per call (see the module docstring)."""
     session = requests.Session()
     session.trust_env = False
     session.cookies.set_policy(_NoCookies())
     pool = max(4, config.fhir_max_workers * 2)
-    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool, max_retries=0)
+    adapter = _AbortableAdapter(pool_connections=8, pool_maxsize=pool, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def abort_session(session: requests.Session) -> None:
+    """Shut down every connection ``session`` opened (its fetch threads then return)."""
+    for adapter in set(session.adapters.values()):
+        if isinstance(adapter, _AbortableAdapter):
+            adapter.abort()
+    session.close()
 
 
 # --------------------------------------------------------------------------- templates
@@ -226,6 +291,8 @@ class _Fetcher:
 
     def __init__(self, base: str, token: str | None, config: Config,
                  session: requests.Session, deadline: float):
+        self._bytes_left = config.fhir_max_call_bytes
+        self._bytes_lock = threading.Lock()
         self.base = base_url(base)
         self._headers = {"Accept": FHIR_JSON}
         if token:
@@ -284,23 +351,33 @@ class _Fetcher:
                 raise Unavailable("the FHIR server's answer is nested too deeply") from None
         raise Unavailable("too many redirects from the FHIR server")
 
-    def _read(self, resp: requests.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
+    def _take(self, n: int) -> bool:
+        """Charge ``n`` bytes to the call's byte budget; False when it is spent."""
+        with self._bytes_lock:
+            self._bytes_left -= n
+            return self._bytes_left >= 0
+
+    def _read(self, resp: requests.Response) -> bytearray:
+        body = bytearray()
         try:
             for chunk in resp.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
+                if len(body) + len(chunk) > MAX_RESPONSE_BYTES:
                     raise Unavailable("the FHIR server's answer is too large")
+                if not self._take(len(chunk)):
+                    raise Unavailable(
+                        f"the FHIR server's answers to this call passed the byte budget of "
+                        f"{self.config.fhir_max_call_bytes} bytes (MSKCDS_FHIR_MAX_CALL_BYTES)")
                 if self.remaining() <= 0:
                     raise Unavailable("the time budget for the FHIR server ran out")
-                chunks.append(chunk)
+                body += chunk
         except requests.Timeout:
             raise Unavailable("the FHIR server did not answer in time") from None
         except requests.RequestException as exc:
+            if self.remaining() <= 0:
+                raise Unavailable("the time budget for the FHIR server ran out") from None
             raise Unavailable(f"reading the FHIR server's answer failed "
                               f"({exc.__class__.__name__})") from None
-        return b"".join(chunks)
+        return body
 
     def read(self, template: Template, rendered: str) -> list[dict[str, Any]]:
         doc = self.get_json(f"{self.base}/{rendered.lstrip('/')}")
@@ -442,10 +519,11 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
                 fut.cancel()
                 unavailable[futures[fut]] = "the time budget for the FHIR server ran out"
         finally:
-            # Never wait for a straggler: its own timeouts end it shortly.
             pool.shutdown(wait=False, cancel_futures=True)
-            if own_session and all(f.done() for f in futures):
-                http.close()
+            if own_session:
+                # The call's own pool: shut its sockets, so a straggler (a server that
+                # drip-feeds its answer) returns now instead of holding a thread and a socket.
+                abort_session(http)
         log.info("fhir fetch", extra={"fields": {
             "keys_fetched": sorted(k for k in jobs if out.source.get(k) == "fhir"),
             "keys_failed": sorted(k for k in jobs if k in unavailable),
