@@ -118,6 +118,9 @@ class Config:
     # call); off by default. GET /rules (rule documentation) is always served.
     preview_enabled: bool = False
     retention_days: int = 365
+    # --- operating ----------------------------------------------------------
+    # Who may read /metrics: CIDR networks, "any" or "none" (see cds.http.ops)
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -159,6 +162,13 @@ class Config:
                                f"sqlite:///{Path(self.data_dir) / 'mskcds-replay.sqlite3'}")
 
     def check(self) -> None:
+        for net in self.metrics_allow:
+            if net not in ("any", "none"):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(f"MSKCDS_METRICS_ALLOW: {net!r} is not a network "
+                                      "(e.g. 10.0.0.0/8), 'any' or 'none'") from None
         if self.max_body_bytes <= 0:
             raise ConfigError("MSKCDS_MAX_BODY_BYTES must be positive")
         if self.feedback_unknown_card not in {"reject", "flag"}:

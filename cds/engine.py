@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Collection, Iterable, Mapping
 
@@ -20,8 +21,9 @@ from cds.clinical.facts import PatientFacts
 from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
 from cds.hooks import wire
+from cds import metrics
 from cds.config import Config
-from cds.errors import BadRequest, Issue
+from cds.errors import BadRequest, Issue, PrefetchUnavailable
 from cds.hooks.services import (SERVICES, Service, ServiceDeclaration, ServiceRegistry,
                                 resolve)
 from cds.knowledge.rules import Rules, load_rules
@@ -69,6 +71,20 @@ class Engine:
         wire.check_outgoing(wire.DiscoverySchema(), self.discovery(), "discovery document")
 
     # ------------------------------------------------------------------ discovery
+    def rules_digest(self) -> str:
+        """A short content hash of the rules files loaded (for the metrics' rules info)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in sorted(Path(self.rules.source_dir).glob("*.yaml")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:12]
+
+    def rules_ready(self) -> None:
+        """Raise unless the clinical rules are loaded (readiness)."""
+        if self.rules is None or not len(self.services):
+            raise RuntimeError("rules not loaded")
+
     def discovery(self) -> dict[str, Any]:
         return self.services.discovery()
 
@@ -120,8 +136,13 @@ class Engine:
                                "list it under fhir_servers for this client in "
                                "MSKCDS_CLIENTS_FILE" if self.config.require_auth else
                                "allow it with MSKCDS_ALLOWED_FHIR_SERVERS") + ")")
-        gathered = gather_mod.gather(service.prefetch, request, config=self.config,
-                                     session=self.http_session, refused_server=refused)
+        try:
+            gathered = gather_mod.gather(service.prefetch, request, config=self.config,
+                                         session=self.http_session, refused_server=refused)
+        except PrefetchUnavailable as exc:
+            metrics.get().prefetch_failed(service.id, service.prefetch, exc.keys)
+            raise
+        metrics.get().prefetch_sources(service.id, gathered.source)
         if refused is not None:
             log.info("fhirServer ignored: not allowed for this client; answered from the "
                      "prefetch")

@@ -63,7 +63,10 @@ class Metrics:
     """The service's metric families (one instance per process: see ``get``)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                                       disable_created_metrics)
+
+        disable_created_metrics()  # *_created series: noise on a dashboard
 
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = CollectorRegistry(auto_describe=True)
@@ -106,6 +109,14 @@ class Metrics:
         for key, source in sources.items():
             self.prefetch.labels(service, key, source).inc()
 
+    def prefetch_failed(self, service: str, templates: Iterable[str],
+                        unavailable: Mapping[str, str]) -> None:
+        """A 412: the keys that could not be had, and each distinct reason once."""
+        for key in templates:
+            if key in unavailable:
+                self.prefetch.labels(service, key, "unavailable").inc()
+        self.precondition_failed(unavailable_reason(why) for why in unavailable.values())
+
     def fhir_fetch(self, outcome: str, seconds: float) -> None:
         self.fetches.labels(outcome).inc()
         self.fetch_latency.observe(seconds)
@@ -122,11 +133,10 @@ class Metrics:
             topic = (card.get("source") or {}).get("topic") or {}
             self.cards.labels(str(topic.get("code") or ""), str(card.get("indicator") or "")).inc()
 
-    def feedback_items(self, outcome: str, stored: int, duplicates: int) -> None:
-        if stored:
-            self.feedback.labels(outcome, "stored").inc(stored)
-        if duplicates:
-            self.feedback.labels(outcome, "duplicate").inc(duplicates)
+    def feedback_outcomes(self, outcomes: Iterable[tuple[str, bool]]) -> None:
+        """Per feedback item: its outcome, and whether it was stored or a duplicate."""
+        for outcome, stored in outcomes:
+            self.feedback.labels(outcome, "stored" if stored else "duplicate").inc()
 
     def rules_loaded(self, digest: str, vitamin_d_profile: str, sarcopenia_profile: str) -> None:
         self.rules.labels(digest, vitamin_d_profile, sarcopenia_profile).set(1)
@@ -142,6 +152,83 @@ class Metrics:
             MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- reason codes
+#: (phrase in the reason text, label). Reasons are sentences written for people (and logs);
+#: metric labels need a small fixed set, so each is mapped by its first matching phrase.
+_UNAVAILABLE_REASONS = (
+    ("not a FHIR server this client may use", "fhir_server_not_allowed"),
+    ("no fhirServer", "no_fhir_server"),
+    ("cannot be resolved", "template"),
+    ("time budget", "timeout"),
+    ("did not answer in time", "timeout"),
+    ("pages", "too_many_pages"),
+    ("could not be reached", "unreachable"),
+    ("refused access", "refused"),
+    ("404", "not_found"),
+    ("answered HTTP", "http_error"),
+    ("outside fhirServer", "outside_server"),
+    ("not followed", "outside_server"),
+    ("redirects", "outside_server"),
+    ("too large", "too_large"),
+    ("not JSON", "invalid_answer"),
+    ("nested too deeply", "invalid_answer"),
+    ("could not be parsed", "invalid_answer"),
+    ("cannot be parsed", "invalid_answer"),
+    ("something other than", "invalid_answer"),
+    ("different", "invalid_answer"),
+)
+_AUTH_REASONS = (
+    ("no Authorization header", "missing_token"),
+    ("is not 'Bearer", "malformed"),
+    ("compact JWS", "malformed"),
+    ("longer than", "malformed"),
+    ("malformed JWT", "malformed"),
+    ("is not a trusted client", "untrusted_issuer"),
+    ("jti already used", "replay"),
+    ("replay cache", "replay_cache"),
+    ("JWKS", "jwks"),
+    ("unknown kid", "unknown_key"),
+    ("no kid", "header"),
+    ("typ", "header"),
+    ("crit", "header"),
+    ("alg", "algorithm"),
+    ("signature does not verify", "signature"),
+    ("expired", "expired"),
+    ("not valid yet", "not_yet_valid"),
+    ("in the future", "not_yet_valid"),
+    ("lifetime", "lifetime"),
+    ("aud", "audience"),
+    ("tenant", "tenant"),
+    ("claim", "claims"),
+    ("jti", "claims"),
+    ("must be", "claims"),
+    ("out of range", "claims"),
+)
+
+
+def _classify(text: str, table: tuple[tuple[str, str], ...], default: str) -> str:
+    for phrase, label in table:
+        if phrase in text:
+            return label
+    return default
+
+
+def unavailable_reason(text: str) -> str:
+    """A fixed label for why a prefetch key (or one FHIR request) could not be had."""
+    return _classify(text, _UNAVAILABLE_REASONS, "fetch_failed")
+
+
+def auth_reason(text: str) -> str:
+    """A fixed label for why authentication refused a call. The issuer named at the start
+    of a reason ("iss 'x': ...") is the caller's text: it is cut off before matching."""
+    if text.startswith("iss "):
+        _, sep, rest = text.partition("': ")
+        if not sep:
+            _, sep, rest = text.partition('": ')
+        text = rest if sep else text
+    return _classify(text, _AUTH_REASONS, "other")
 
 
 _METRICS: Metrics | None = None

@@ -1,9 +1,18 @@
 """WSGI entry point for gunicorn: ``gunicorn cds.wsgi:application`` (config from MSKCDS_* env)."""
+import os
 import sys
 
-from cds import create_app
-from cds.config import ConfigError
-from cds.knowledge.loader import RulesError
+from cds.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+# gunicorn workers keep their own counters; prometheus_client adds them up from files in one
+# directory, chosen before the app (and prometheus_client) is imported. With --preload (or
+# gunicorn -c python:cds.http.gunicorn_conf) this runs once, in the master.
+if not os.environ.get(MULTIPROC_ENV):
+    prepare_multiprocess_dir()
+
+from cds import create_app  # noqa: E402
+from cds.config import ConfigError  # noqa: E402
+from cds.knowledge.loader import RulesError  # noqa: E402
 
 try:
     application = create_app()

@@ -43,6 +43,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from cds import metrics
 from cds.config import Config
 from cds.errors import PrefetchUnavailable
 from cds.urls import base_url
@@ -305,6 +306,19 @@ class _Fetcher:
         return self.deadline - time.monotonic()
 
     def get_json(self, url: str) -> Any:
+        """The JSON at ``url`` (redirects within the base followed); counted in the metrics
+        by outcome (``ok`` or the kind of failure) and duration."""
+        started = time.monotonic()
+        try:
+            doc = self._get_json(url)
+        except Unavailable as exc:
+            metrics.get().fhir_fetch(metrics.unavailable_reason(str(exc)),
+                                     time.monotonic() - started)
+            raise
+        metrics.get().fhir_fetch("ok", time.monotonic() - started)
+        return doc
+
+    def _get_json(self, url: str) -> Any:
         for _ in range(MAX_REDIRECTS + 1):
             if not within_base(url, self.base):
                 raise Unavailable("a URL outside fhirServer was not followed")

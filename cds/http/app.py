@@ -13,10 +13,11 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from cds import logs
+from cds import logs, metrics
 from cds.config import Config
 from cds.engine import Engine
-from cds.http import admin, errors, feedback, health, lifecycle, pages, services
+from cds.http import (admin, errors, feedback, health, lifecycle, openapi, ops, pages,
+                      services)
 from cds.http.state import EXTENSION, AppState
 from cds.security.auth import Authenticator
 from cds.store.storage import open_store
@@ -25,7 +26,7 @@ log = logging.getLogger("mskcds.http")
 
 #: The endpoint families, each a blueprint (a new family: a module with a ``blueprint``, listed here).
 BLUEPRINTS = (health.blueprint, services.blueprint, feedback.blueprint, admin.blueprint,
-              pages.blueprint)
+              pages.blueprint, ops.blueprint)
 
 
 def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
@@ -38,8 +39,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    app.extensions[EXTENSION] = AppState(config=cfg, engine=Engine(cfg),
-                                         auth=Authenticator(cfg), store=open_store(cfg))
+    engine = Engine(cfg)
+    app.extensions[EXTENSION] = AppState(config=cfg, engine=engine, auth=Authenticator(cfg),
+                                         store=open_store(cfg),
+                                         openapi=openapi.document(engine, cfg))
+    metrics.get().rules_loaded(engine.rules_digest(), cfg.vitamin_d_profile,
+                               cfg.sarcopenia_profile)
     if not cfg.require_auth:
         servers = ", ".join(cfg.allowed_fhir_servers)
         log.warning("AUTHENTICATION IS OFF (MSKCDS_REQUIRE_AUTH=false): any caller is trusted. "

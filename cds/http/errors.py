@@ -11,6 +11,7 @@ import logging
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from cds import metrics
 from cds.errors import (Issue, MethodNotAllowed, NotFound, PayloadTooLarge, ServiceError,
                         Unauthorized, UnsupportedMediaType, operation_outcome)
 from cds.http.body import json_response
@@ -24,6 +25,7 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 
 def _service_error(exc: ServiceError) -> Response:
     if isinstance(exc, Unauthorized):
+        metrics.get().auth_rejected(metrics.auth_reason(exc.reason))
         log.warning("authentication failed: %s", exc.reason,
                     extra={"fields": {"request_id": g.get("log", {}).get("request_id")}})
     return json_response(exc.body(), exc.status, exc.headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g
 
+from cds import metrics
 from cds.http.body import json_response, read_json
 from cds.http.state import authenticate, owner, state
 
@@ -20,5 +21,6 @@ def feedback(service_id: str) -> Response:
     # Another client's (or tenant's) card is answered exactly as an unknown card.
     counts = st.store.record_feedback(service_id, payload, owner=owner(client))
     g.log["feedback_items"] = counts.stored + counts.duplicates
+    metrics.get().feedback_outcomes(counts.outcomes)
     # Honest counts: a retry of a report already stored is a duplicate, not stored again.
     return json_response({"stored": counts.stored, "duplicates": counts.duplicates}, 200)

@@ -7,7 +7,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from cds import logs
+from cds import logs, metrics
 from cds.http.state import state
 
 
@@ -40,11 +40,13 @@ def _finish(resp: Response) -> Response:
     resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
     resp.headers.setdefault("Cache-Control", "no-store")
     resp.headers["X-Content-Type-Options"] = "nosniff"
-    elapsed_ms = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
-    logs.request_line(method=request.method, path_template=request.url_rule.rule
-                      if request.url_rule else "<unmatched>",
-                      status=resp.status_code, latency_ms=round(elapsed_ms, 2),
-                      **g.get("log", {}))
+    elapsed = time.perf_counter() - g.get("start", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule else "<unmatched>"
+    fields = g.get("log", {})
+    # Labels: the route template and a known service id only (never the path as sent).
+    metrics.get().request(route, fields.get("service", ""), resp.status_code, elapsed)
+    logs.request_line(method=request.method, path_template=route,
+                      status=resp.status_code, latency_ms=round(elapsed * 1000, 2), **fields)
     return resp
 
 

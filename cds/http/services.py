@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g
 
+from cds import metrics
 from cds.http.body import json_response, read_json
 from cds.http.state import authenticate, owner, state
 
@@ -31,4 +32,5 @@ def call_service(service_id: str) -> Response:
     st.store.record_issued(result.service_id, result.hook, result.hook_instance,
                            result.response["cards"], owner=owner(client))
     g.log["cards"] = len(result.response["cards"])
+    metrics.get().cards_issued(result.response["cards"])
     return json_response(result.response)

@@ -5,7 +5,8 @@ blueprints reach it with ``state()`` and authenticate a call with ``authenticate
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from flask import current_app, g, request
 
@@ -24,6 +25,8 @@ class AppState:
     engine: Engine
     auth: Authenticator
     store: SqlStore
+    #: the OpenAPI document of this app (cds.http.openapi), built once at start-up
+    openapi: Mapping[str, Any] = field(default_factory=dict)
 
 
 def state() -> AppState:

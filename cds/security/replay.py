@@ -70,6 +70,9 @@ class MemoryReplayCache:
             self._seen[key] = expires_at
             return True
 
+    def ping(self) -> None:
+        """Always usable (readiness)."""
+
     def __len__(self) -> int:
         return len(self._seen)
 
@@ -159,6 +162,13 @@ class SqlReplayCache:
             return True
         except SQLAlchemyError as exc:
             raise ReplayCacheError(f"replay cache unavailable: {exc.__class__.__name__}") from None
+
+    def ping(self) -> None:
+        """Raise unless the cache's database answers and holds its table (readiness)."""
+        from sqlalchemy import select
+
+        with self._engines.get().connect() as conn:
+            conn.execute(select(self._table.c.key).limit(0)).all()
 
     def count(self) -> int:
         from sqlalchemy import func, select

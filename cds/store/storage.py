@@ -434,6 +434,12 @@ class SqlStore:
         """A read transaction (SQLite: BEGIN DEFERRED, no write lock)."""
         return self._transaction(sqlite_begin="DEFERRED")
 
+    def ping(self) -> None:
+        """Raise unless the database answers and holds our tables (readiness)."""
+        with self._read() as conn:
+            conn.execute(select(issued_cards.c.card_uuid).limit(0)).all()
+            conn.execute(select(feedback.c.id).limit(0)).all()
+
     # ------------------------------------------------------------- hot path
     def record_issued(self, service_id: str, hook: str, hook_instance: str,
                       cards: list[dict[str, Any]], owner: Owner | None = None) -> bool:
