@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -39,12 +40,17 @@ def bearer(signer, url: str, **claims) -> dict[str, str]:
     return {"Authorization": f"Bearer {signer.token(url, **claims)}"}
 
 
-def test_two_instances_share_one_postgresql(tmp_path, pg_databases):  # noqa: F811
-    url = pg_databases.create()
+def shared_setup(tmp_path, url: str):
+    """One trusted client, and settings pointing the store and the replay cache at ``url``."""
     signer = new_ec_signer("https://ehr.example", "k1")
     clients = write_clients(tmp_path / "clients.yaml", [{"iss": signer.iss, "jwks": signer.jwks()}])
-    env = {"MSKCDS_CLIENTS_FILE": str(clients), "MSKCDS_DATABASE_URL": url,
-           "MSKCDS_REPLAY_CACHE_URL": url}
+    return signer, {"MSKCDS_CLIENTS_FILE": str(clients), "MSKCDS_DATABASE_URL": url,
+                    "MSKCDS_REPLAY_CACHE_URL": url}
+
+
+def test_two_instances_share_one_postgresql(tmp_path, pg_databases):  # noqa: F811
+    url = pg_databases.create()
+    signer, env = shared_setup(tmp_path, url)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with run_server(env, tmp_path / "a", workers=2) as a, \
@@ -86,10 +92,7 @@ def test_two_instances_share_one_postgresql(tmp_path, pg_databases):  # noqa: F8
 
 def test_readyz_follows_the_database_and_the_replay_cache(tmp_path, pg_databases):  # noqa: F811
     url = pg_databases.create()
-    signer = new_ec_signer("https://ehr.example", "k1")
-    clients = write_clients(tmp_path / "clients.yaml", [{"iss": signer.iss, "jwks": signer.jwks()}])
-    env = {"MSKCDS_CLIENTS_FILE": str(clients), "MSKCDS_DATABASE_URL": url,
-           "MSKCDS_REPLAY_CACHE_URL": url}
+    _, env = shared_setup(tmp_path, url)
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with run_server(env, tmp_path, workers=1) as srv:
@@ -100,7 +103,6 @@ def test_readyz_follows_the_database_and_the_replay_cache(tmp_path, pg_databases
             with admin.connect() as conn:
                 conn.execute(text("ALTER TABLE feedback RENAME TO feedback_away"))
                 conn.execute(text("ALTER TABLE mskcds_jti RENAME TO mskcds_jti_away"))
-            import time
             time.sleep(1.2)  # past the one-second readiness cache
             down = requests.get(srv.url("/readyz"), timeout=10)
             assert down.status_code == 503, down.text
