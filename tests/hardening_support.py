@@ -23,14 +23,17 @@ def templates(server: Any, headers: dict[str, str] | None = None) -> dict[str, s
     return r.json()["services"][0].get("prefetch", {})
 
 
+#: The Patient of pv_body: a woman in her seventies (she is due a DXA: one card).
+WOMAN = {"gender": "female", "birthDate": "1950-03-01"}
+
+
 def pv_body(prefetch_templates: dict[str, str], patient_id: str = "hard-p1",
-            **over: Any) -> dict[str, Any]:
-    """A patient-view request answering every prefetch key (a woman of 75, no results)."""
+            patient_fields: dict[str, Any] = WOMAN, **over: Any) -> dict[str, Any]:
+    """A patient-view request answering every prefetch key (a Patient, no results)."""
     prefetch: dict[str, Any] = {}
     for key, template in prefetch_templates.items():
         if template.startswith("Patient/"):
-            prefetch[key] = {"resourceType": "Patient", "id": patient_id, "gender": "female",
-                             "birthDate": "1950-03-01"}
+            prefetch[key] = {"resourceType": "Patient", "id": patient_id, **patient_fields}
         else:
             prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": 0,
                              "entry": []}

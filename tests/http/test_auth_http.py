@@ -20,6 +20,7 @@ import requests
 from auth_support import (SANDBOX_ISS, SANDBOX_JKU, SANDBOX_KID, SPEC_ISS, hs256_token,
                           new_ec_signer, new_rsa_signer, signer_from_jwk, unsigned_token,
                           write_clients)
+import hardening_support
 from conftest import SHARED, ServerProcess, run_server
 from fhir_test_server import FhirTestServer
 
@@ -121,18 +122,7 @@ def service_url(env: Env) -> str:
 def pv_body(env: Env, patient_id: str = "auth-p1", **over: Any) -> dict[str, Any]:
     """A patient-view request that answers every prefetch template of the discovery document."""
     templates = discovery(env)["services"][0].get("prefetch", {})
-    prefetch: dict[str, Any] = {}
-    for key, template in templates.items():
-        if template.startswith("Patient/"):
-            prefetch[key] = {"resourceType": "Patient", "id": patient_id}
-        else:
-            prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": 0,
-                             "entry": []}
-    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/example", "patientId": patient_id},
-            "prefetch": prefetch}
-    body.update(over)
-    return body
+    return hardening_support.pv_body(templates, patient_id, patient_fields={}, **over)
 
 
 _DISCOVERY: dict[int, Any] = {}
