@@ -18,6 +18,7 @@ from cds.errors import BadRequest, Issue, NotFound
 from cds.hooks.bundle import request_from_bundle
 from cds.http.body import read_json
 from cds.http.state import EXTENSION, AppState, authenticate, state
+from cds.pages import charts
 from cds.pages.preview import render_preview
 from cds.pages.render import CSP, render_page
 from cds.pages.ruledocs import build_docs
@@ -46,6 +47,8 @@ def _render_rule_pages(setup: BlueprintSetupState) -> None:
         findings={code: render_page("rule.html", f=f, docs=docs, base=base, labels=labels)
                   for code, f in docs.findings.items()},
         base=base)
+    if cfg.preview_enabled:
+        charts.warm_up()   # matplotlib loaded once, before the workers fork (gunicorn --preload)
 
 
 def _pages() -> RulePages:

@@ -66,6 +66,12 @@ def _matplotlib() -> Any:
     return _mpl
 
 
+def warm_up() -> None:
+    """Import matplotlib and load its fonts now (at start-up, before gunicorn forks its
+    workers), so that the first preview a worker answers does not pay for it."""
+    render_svg(ChartSpec("warm-up", "", "", (Series("", ((date(2000, 1, 1), 0.0),)),), ()))
+
+
 def _y_range(values: Sequence[float], bands: Sequence[Band]) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     span = max(hi - lo, abs(hi) * 0.3, abs(lo) * 0.3, 1.0)

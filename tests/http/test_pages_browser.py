@@ -81,7 +81,7 @@ def server(tmp_path_factory, signer) -> Iterator[ServerProcess]:
                          "MSKCDS_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"},
                         workers=2, log_path=tmp / "server.log")
     srv.env["MSKCDS_PUBLIC_BASE_URL"] = srv.base_url
-    srv.start()
+    srv.start(timeout=90)   # with the preview on, start-up loads matplotlib
     try:
         yield srv
     finally:
