@@ -145,6 +145,10 @@ class FhirTestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm the second
+            # waited for the client's delayed ACK (~40 ms per answer), which tests and
+            # benchmarks then measured as if it were the service's time.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
