@@ -77,7 +77,8 @@ class Config:
     vitamin_d_profile: str = "endocrine-society-2011"
     sarcopenia_profile: str = "ewgsop2-2019"
     # --- HTTP edge ----------------------------------------------------------
-    max_body_bytes: int = 5 * 1024 * 1024
+    # 10,000 Observations (a long history, ~6.5 MB as JSON) must fit.
+    max_body_bytes: int = 16 * 1024 * 1024
     cors_origins: tuple[str, ...] = ("*",)
     # --- authentication (issue 4) ------------------------------------------
     require_auth: bool = True
@@ -107,6 +108,8 @@ class Config:
     fhir_max_workers: int = 4
     #: bytes read from the FHIR server per call, all keys and pages together (16 MiB)
     fhir_max_call_bytes: int = 16 * 1024 * 1024
+    # _count asked of the FHIR server in fallback searches: 1,000 Observations in one page
+    fhir_page_size: int = 1000
     # --- feedback storage (issue 5) ----------------------------------------
     # --- where defaults write ("" URLs above and below: a SQLite file in data_dir) -------
     data_dir: Path = field(default_factory=default_data_dir)
@@ -121,6 +124,11 @@ class Config:
     # --- operating ----------------------------------------------------------
     # Who may read /metrics: CIDR networks, "any" or "none" (see cds.http.ops)
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # --- outgoing checks ----------------------------------------------------
+    # Re-check every card against the CDS Hooks schema before it leaves (~0.4 ms per call).
+    # Off in production: cards come from templates checked at start-up; the test suite
+    # turns it on so every card it sees (examples, fuzzed facts) is checked.
+    check_cards: bool = False
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -191,6 +199,8 @@ class Config:
                                   "network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
         if self.fhir_max_call_bytes <= 0:
             raise ConfigError("MSKCDS_FHIR_MAX_CALL_BYTES must be positive")
+        if self.fhir_page_size < 1:
+            raise ConfigError("MSKCDS_FHIR_PAGE_SIZE must be at least 1")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MSKCDS_{name.upper()} must be positive")

@@ -163,8 +163,10 @@ class Engine:
         """The facts read from ``resources`` and the response built on them."""
         facts = normalize_mod.normalize(resources, patient_id, self.rules, as_of=self._today())
         findings = evaluate_mod.evaluate(facts, self.rules)
-        cards = cards_mod.build_cards(findings, facts, self.rules,  # each card checked there
-                                      rule_pages=self.rule_pages_url)
+        cards = cards_mod.build_cards(findings, facts, self.rules,
+                                      rule_pages=self.rule_pages_url,
+                                      check=self.config.check_cards)
         response = {"cards": cards}
+        # The envelope only: each card was checked by build_cards (MSKCDS_CHECK_CARDS) or not at all.
         wire.check_response(response, cards_checked=True)
         return facts, response

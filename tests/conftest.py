@@ -23,6 +23,11 @@ os.environ.setdefault("MSKCDS_DATA_DIR", tempfile.mkdtemp(prefix="mskcds-test-da
 SHARED = REPO.parent / "shared" / "external"
 EXAMPLES = REPO / "fhir_examples"
 
+# Every card the tests see (in-process apps, the CLI and the servers they start, which
+# inherit this environment) is checked against the CDS Hooks card schema; production
+# skips that per-card check (MSKCDS_CHECK_CARDS, see cds/config.py).
+os.environ.setdefault("MSKCDS_CHECK_CARDS", "true")
+
 
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:

@@ -2,8 +2,9 @@
 
 Every word, citation, suggestion template and override reason comes from the
 loaded rules (rules/cards.yaml, rules/citations.yaml); this module only fills
-templates and lays the card out. Every card is checked with ``wire.check_card``
-before it leaves; card and suggestion uuids are fresh (uuid4) per card.
+templates and lays the card out. With ``MSKCDS_CHECK_CARDS`` on (the test suite) every
+card is checked with ``wire.check_card`` before it leaves; card and suggestion uuids are
+fresh (uuid4) per card.
 
 A card's ``{placeholders}`` are its finding's typed variables (cds.clinical.findings)
 plus ``{title}``; ``check_templates`` holds rules/cards.yaml to that at start-up.
@@ -34,14 +35,16 @@ def check_templates(rules: Rules) -> None:
 
 
 def build_cards(findings: list[Finding], facts: PatientFacts, rules: Rules,
-                rule_pages: str | None = None) -> list[dict[str, Any]]:
-    return [build_card(f, facts, rules, rule_pages) for f in findings]
+                rule_pages: str | None = None, *, check: bool = True) -> list[dict[str, Any]]:
+    return [build_card(f, facts, rules, rule_pages, check=check) for f in findings]
 
 
 def build_card(finding: Finding, facts: PatientFacts, rules: Rules,
-               rule_pages: str | None = None) -> dict[str, Any]:
+               rule_pages: str | None = None, *, check: bool = True) -> dict[str, Any]:
     """``rule_pages``: the absolute URL of the rule documentation (…/rules); the card then
-    links to its finding's page first, where the full rule and its sources are."""
+    links to its finding's page first, where the full rule and its sources are.
+    ``check``: validate the card against the CDS Hooks card schema (``wire.check_card``);
+    the service turns that off in production (``MSKCDS_CHECK_CARDS``), the tests keep it on."""
     cr = rules.cards
     card_rules = cr.findings[finding.code]
     values = template_values(finding, rules)
@@ -77,7 +80,8 @@ def build_card(finding: Finding, facts: PatientFacts, rules: Rules,
                          "url": f"{rule_pages}/{finding.code}", "type": "absolute"})
     if links:
         card["links"] = links
-    wire.check_card(card)
+    if check:
+        wire.check_card(card)
     return card
 
 

@@ -190,6 +190,18 @@ def _token_value(token: str, context: Mapping[str, Any]) -> str | None:
     return None
 
 
+def with_page_size(search: str, count: int) -> str:
+    """``search`` asking for pages of ``count`` entries (``_count`` replaced or added).
+
+    An EHR's own prefetch follows the template as advertised; when the service fetches
+    a search itself it asks for large pages, so a long history arrives in a few round
+    trips instead of many (MSKCDS_FHIR_PAGE_SIZE)."""
+    path, sep, query = search.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("_count=")] if sep else []
+    params.append(f"_count={count}")
+    return f"{path}?{'&'.join(params)}"
+
+
 def render(template: str, context: Mapping[str, Any]) -> str:
     """Replace the CDS Hooks 2.0 prefetch tokens; values are URL-encoded.
 
@@ -495,6 +507,8 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
         except Unavailable as exc:
             unavailable[key] = str(exc)
             continue
+        if not template.is_read:
+            rendered = with_page_size(rendered, config.fhir_page_size)
         jobs[key] = (template, None, rendered)
 
     if jobs and not fhir_server:

@@ -101,11 +101,15 @@ def test_absent_keys_are_fetched_with_the_bearer_token(server, fhir, templates):
     assert sorted(a.resource_type for a in asked) == sorted(rtype(t) for t in templates.values())
     assert all(a.headers.get("Authorization") == f"Bearer {TOKEN}" for a in asked)
     assert f"/fhir/Patient/{PATIENT_ID}" in [a.path for a in asked]
-    for key in search_keys(templates):  # every search is the rendered template
+    for key in search_keys(templates):  # every search is the rendered template, in large pages
         template_query = parse_qs(templates[key].split("?", 1)[1])
         sent = next(a for a in asked if a.resource_type == rtype(templates[key]))
         assert sent.query["patient"] == [PATIENT_ID]
-        assert set(sent.query) == set(template_query)
+        assert set(sent.query) == set(template_query) | {"_count"}
+        assert sent.query["_count"] == ["1000"]  # MSKCDS_FHIR_PAGE_SIZE's default
+        for name, values in template_query.items():
+            if name not in ("patient", "_count"):
+                assert sent.query[name] == values, name
 
 
 def test_wrong_fhir_token_is_412(server, fhir, templates):

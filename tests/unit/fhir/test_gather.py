@@ -234,9 +234,27 @@ def test_search_answer_keeps_only_the_searched_type_and_includes(fhir, session):
 # --------------------------------------------------------------------------- paging
 def test_paging_follows_next_links_on_the_fhir_server(fhir, session):
     fhir.load(patient(), *[obs(f"o{i}", day=i) for i in range(1, 13)])
-    got = run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session)
+    got = run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session,
+              fhir_page_size=5)
     assert [r["id"] for r in got.by_key["observations"]] == [f"o{i}" for i in range(12, 0, -1)]
     assert len(fhir.asked("Observation")) == 3  # _count=5 → 5 + 5 + 2
+
+
+def test_fallback_searches_ask_for_large_pages(fhir, session):
+    """The service's own searches ask for MSKCDS_FHIR_PAGE_SIZE entries a page (replacing the
+    template's _count, or adding one): 1,000 Observations arrive in one round trip, not 200."""
+    fhir.load(patient(), *[obs(f"o{i}", day=1 + i % 28) for i in range(1000)])
+    got = run({"observations": TEMPLATES["observations"],
+               "conditions": TEMPLATES["conditions"]}, request({}, fhir.base_url), session)
+    assert len(got.by_key["observations"]) == 1000
+    asked = fhir.asked("Observation")
+    assert len(asked) == 1 and asked[0].query["_count"] == ["1000"]
+    assert fhir.asked("Condition")[0].query["_count"] == ["1000"]
+    fhir.reset(keep_resources=True)
+    got = run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session,
+              fhir_page_size=400)
+    assert len(got.by_key["observations"]) == 1000
+    assert [r.query["_count"] for r in fhir.asked("Observation")] == [["400"]] * 3
 
 
 def test_paged_prefetch_bundle_is_completed_from_the_fhir_server(fhir, session):
@@ -290,7 +308,7 @@ def test_more_pages_than_allowed_is_412(fhir, session):
     fhir.load(*[obs(f"o{i}", day=i) for i in range(1, 13)])
     with pytest.raises(PrefetchUnavailable) as err:
         run({"observations": TEMPLATES["observations"]}, request({}, fhir.base_url), session,
-            fhir_max_pages=2)
+            fhir_max_pages=2, fhir_page_size=5)
     assert "more than 2 pages" in err.value.keys["observations"]
     assert len(fhir.asked()) == 2
 

@@ -228,7 +228,10 @@ def test_real_server_never_500(open_server, body):
 @pytest.mark.slow
 def test_real_server_edges(open_server):
     url = open_server.url(SERVICE)
-    big = json.dumps({**valid_request(), "extension": {"pad": "x" * (5 * 1024 * 1024 + 1)}})
+    from cds.config import Config
+
+    over_default = Config().max_body_bytes + 1  # the embedded default limit, one byte over
+    big = json.dumps({**valid_request(), "extension": {"pad": "x" * over_default}})
     r = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
     r = requests.post(url, data=json.dumps(valid_request()), headers={"Content-Type": "text/plain"},

@@ -107,8 +107,9 @@ def test_envelope_only_check_still_guards_the_envelope():
 
 
 def test_engine_checks_every_card_it_builds(monkeypatch):
-    """With the response check reduced to the envelope, each card must go through
-    wire.check_card exactly once on its way out (in cards.build_card)."""
+    """With MSKCDS_CHECK_CARDS on (the test suite) and the response check reduced to the
+    envelope, each card goes through wire.check_card exactly once on its way out (in
+    cards.build_card); with the production default, not at all (start-up checked templates)."""
     import json
     from pathlib import Path
 
@@ -118,7 +119,7 @@ def test_engine_checks_every_card_it_builds(monkeypatch):
 
     example = (Path(__file__).resolve().parents[3] / "fhir_examples"
                / "osteosarcopenia.request.json")
-    engine = Engine(Config.from_env({"require_auth": False}, environ={}))
+    engine = Engine(Config.from_env({"require_auth": False, "check_cards": True}, environ={}))
     checked: list[str] = []
     real = wire.check_card
 
@@ -129,3 +130,9 @@ def test_engine_checks_every_card_it_builds(monkeypatch):
     monkeypatch.setattr(cards_mod.wire, "check_card", recording)
     cards = engine.call("bone-muscle-health", json.loads(example.read_text())).response["cards"]
     assert cards and sorted(checked) == sorted(c["uuid"] for c in cards)
+
+    checked.clear()
+    default = Engine(Config.from_env({"require_auth": False}, environ={}))
+    assert default.config.check_cards is False
+    cards = default.call("bone-muscle-health", json.loads(example.read_text())).response["cards"]
+    assert cards and checked == []
