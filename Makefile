@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
-WORKERS ?= 2
+# Empty: one worker per CPU (the `mskcds serve` default)
+WORKERS ?=
 
 .PHONY: run test check venv bench clean
 
@@ -22,7 +23,7 @@ venv: $(VENV)/.installed
 
 # Local use only: authentication is switched off (the service says so at start-up).
 run: venv
-	MSKCDS_REQUIRE_AUTH=$${MSKCDS_REQUIRE_AUTH:-false} $(BIN)/mskcds serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	MSKCDS_REQUIRE_AUTH=$${MSKCDS_REQUIRE_AUTH:-false} $(BIN)/mskcds serve --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

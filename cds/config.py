@@ -80,6 +80,11 @@ class Config:
     # 10,000 Observations (a long history, ~6.5 MB as JSON) must fit.
     max_body_bytes: int = 16 * 1024 * 1024
     cors_origins: tuple[str, ...] = ("*",)
+    # Seconds a client has to send its request line and headers / its whole request; the
+    # serving worker reads requests without giving them a thread, so a slow client holds
+    # only a buffer until then (408 after).
+    request_header_timeout: float = 10.0
+    request_timeout: float = 60.0
     # --- authentication (issue 4) ------------------------------------------
     require_auth: bool = True
     clients_file: Path | None = None
@@ -199,6 +204,9 @@ class Config:
                                   "network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
         if self.fhir_max_call_bytes <= 0:
             raise ConfigError("MSKCDS_FHIR_MAX_CALL_BYTES must be positive")
+        if self.request_header_timeout <= 0 or self.request_timeout <= 0:
+            raise ConfigError("MSKCDS_REQUEST_HEADER_TIMEOUT and MSKCDS_REQUEST_TIMEOUT must be "
+                              "positive")
         if self.fhir_page_size < 1:
             raise ConfigError("MSKCDS_FHIR_PAGE_SIZE must be at least 1")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):

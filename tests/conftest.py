@@ -66,10 +66,11 @@ class ServerProcess:
         self._log_file = None
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-               "--workers", str(self.workers), "--worker-class", "gthread", "--threads", "4",
-               "--timeout", "30", "--graceful-timeout", "5", "--preload", "--no-control-socket",
-               "cds.wsgi:application"]
+        # Served as `mskcds serve` serves (its worker class and settings), with this many workers.
+        from cds.http.server import gunicorn_argv
+
+        cmd = gunicorn_argv("127.0.0.1", self.port, workers=self.workers, threads=4,
+                            graceful_timeout=5)
         self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -73,11 +73,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from cds import create_app
 
     app = create_app(config)  # as gunicorn --preload: built once, before the workers fork
-    options = server.gunicorn_options(listener, workers=args.workers, threads=args.threads,
+    workers = args.workers or server.default_workers()
+    options = server.gunicorn_options(listener, workers=workers, threads=args.threads,
                                       access_log=args.access_log,
                                       forwarded_allow_ips=config.trusted_proxies)
     print(f"mskcds: serving on http://{_url_host(args.host)}:{args.port}/cds-services "
-          f"({args.workers} worker(s) x {args.threads} thread(s))", file=sys.stderr, flush=True)
+          f"({workers} worker(s) x {args.threads} thread(s))", file=sys.stderr, flush=True)
     server.run(app, options)
     return 0
 
@@ -209,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on "
                        "(0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_number, default=8080, help="TCP port (1-65535)")
-    serve.add_argument("--workers", type=positive_int, default=2,
-                       help="worker processes (at least 1)")
+    serve.add_argument("--workers", type=positive_int, default=None,
+                       help="worker processes (at least 1; default: one per CPU)")
     serve.add_argument("--threads", type=positive_int, default=4,
                        help="threads per worker (at least 1)")
     serve.add_argument("--insecure-allow-remote", action="store_true",

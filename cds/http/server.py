@@ -7,7 +7,9 @@ this process. Workers fork from it; each opens its own database connections.
 """
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from typing import Any, Mapping, Sequence
 
 from flask import Flask
@@ -32,6 +34,32 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+#: gunicorn's worker class: gthread whose threads only get whole requests (a slow client
+#: costs a buffer, not a thread) and whose own error answers are JSON (cds/http/worker.py).
+WORKER_CLASS = "cds.http.worker.BufferedThreadWorker"
+TIMEOUT = 30
+GRACEFUL_TIMEOUT = 10
+
+
+def default_workers() -> int:
+    """One worker process per CPU this process may run on (chosen by measurement: README, Speed)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gunicorn_argv(host: str, port: int, *, workers: int, threads: int,
+                  app: str = "cds.wsgi:application",
+                  graceful_timeout: int = GRACEFUL_TIMEOUT) -> list[str]:
+    """The same serving layer as a gunicorn command line (the real-server tests, and the
+    benchmark's floor app, are served exactly as ``mskcds serve`` serves)."""
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "--worker-class", WORKER_CLASS, "--threads", str(threads),
+            "--timeout", str(TIMEOUT), "--graceful-timeout", str(graceful_timeout),
+            "--preload", "--no-control-socket", app]
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """gunicorn hook: a worker ended; drop its live metric files (its counts stay)."""
     metrics.mark_process_dead(worker.pid)
@@ -45,10 +73,10 @@ def gunicorn_options(listener: socket.socket, *, workers: int, threads: int,
         "forwarded_allow_ips": ",".join(forwarded_allow_ips),
         "bind": [f"fd://{listener.fileno()}"],
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASS,
         "threads": threads,
-        "timeout": 30,
-        "graceful_timeout": 10,
+        "timeout": TIMEOUT,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         "accesslog": "-" if access_log else None,
         "preload_app": True,
         "control_socket_disable": True,
