@@ -126,6 +126,10 @@ class Config:
     # call); off by default. GET /rules (rule documentation) is always served.
     preview_enabled: bool = False
     retention_days: int = 365
+    # Issued-card records queued per worker, written off the request path (and kept while
+    # the database is down); past this many, records are dropped, counted and logged.
+    # 0: write each record in its request.
+    issued_queue_max: int = 20_000
     # --- operating ----------------------------------------------------------
     # Who may read /metrics: CIDR networks, "any" or "none" (see cds.http.ops)
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
@@ -207,6 +211,8 @@ class Config:
         if self.request_header_timeout <= 0 or self.request_timeout <= 0:
             raise ConfigError("MSKCDS_REQUEST_HEADER_TIMEOUT and MSKCDS_REQUEST_TIMEOUT must be "
                               "positive")
+        if self.issued_queue_max < 0:
+            raise ConfigError("MSKCDS_ISSUED_QUEUE_MAX must not be negative")
         if self.fhir_page_size < 1:
             raise ConfigError("MSKCDS_FHIR_PAGE_SIZE must be at least 1")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):

@@ -113,6 +113,26 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 # --------------------------------------------------------------------------- cards
+def wait_on_record(store: Any, cards: list[dict[str, Any]], timeout: float = 15.0) -> None:
+    """Wait until the service's issued-card writer has put ``cards`` in the database.
+
+    The service answers first and writes the records moments later (off the request
+    path, cds/store/writer.py); feedback finds a queued record at once, but a test that
+    reads the database directly waits for the write."""
+    import time
+
+    wanted = {c["uuid"] for c in cards}
+    deadline = time.monotonic() + timeout
+    while True:
+        on_record = {r["card_uuid"] for r in store.issued_rows()}
+        if wanted <= on_record:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(wanted - on_record)} of {len(wanted)} issued cards were "
+                                 f"not written within {timeout} s")
+        time.sleep(0.05)
+
+
 def make_card(finding: str, suggestions: int = 1, indicator: str = "warning") -> dict[str, Any]:
     """A spec-valid card (checked with the outgoing wire schema) for ``finding``."""
     card: dict[str, Any] = {

@@ -29,8 +29,8 @@ def call_service(service_id: str) -> Response:
         g.log["hook"] = payload["hook"][:40]
     allowed = client.fhir_servers if client is not None else st.config.allowed_fhir_servers
     result = st.engine.call(service_id, payload, allowed_fhir_servers=allowed)
-    st.store.record_issued(result.service_id, result.hook, result.hook_instance,
-                           result.response["cards"], owner=owner(client))
+    st.store.queue_issued(result.service_id, result.hook, result.hook_instance,
+                          result.response["cards"], owner=owner(client))
     g.log["cards"] = len(result.response["cards"])
     metrics.get().cards_issued(result.response["cards"])
     return json_response(result.response)

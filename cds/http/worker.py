@@ -290,6 +290,15 @@ class BufferedThreadWorker(ThreadWorker):
             conn.mskcds_continued = False
         return super().handle_request(req, conn)
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # Issued-card records still queued in this worker go to the database first.
+            from cds.store.writer import flush_all
+
+            flush_all(timeout=max(1.0, self.cfg.graceful_timeout / 2))
+
     # ------------------------------------------------------------- deadlines
     def murder_pending(self) -> None:
         super().murder_pending()

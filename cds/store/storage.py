@@ -51,6 +51,7 @@ from sqlalchemy.types import TypeDecorator
 from cds.hooks import wire
 from cds.config import Config, ConfigError
 from cds.store.db import PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections
+from cds.store.writer import IssuedCardWriter
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
@@ -68,6 +69,10 @@ PG_MIGRATION_LOCK = 0x6D736B636473
 UNKNOWN_FINDING = "(unknown card)"
 NO_REASON = "(no reason given)"
 COMMENT_ONLY = "(comment only)"
+#: Seconds after this process last found the database unavailable during which feedback on
+#: an unknown card is a 503 (retry) rather than a 400: its record may still be queued in
+#: another worker's issued-card writer, written moments after the database came back.
+UNKNOWN_CARD_GRACE_SECONDS = 30.0
 
 
 class DatabaseUnavailable(ConfigError):
@@ -396,10 +401,15 @@ class FeedbackCounts(NamedTuple):
 class SqlStore:
     """Issued cards and feedback in a SQL database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: str, *, unknown_card: str = "reject"):
+    def __init__(self, url: str, *, unknown_card: str = "reject", issued_queue_max: int = 0):
         self.url = url
         self.unknown_card = unknown_card
         self._engines = ProcessLocalEngine(lambda: build_engine(url))
+        self._last_unavailable: float | None = None
+        #: Issued-card records queued off the request path (None: written in the request).
+        self.writer = (IssuedCardWriter(self._insert_issued, capacity=issued_queue_max,
+                                        transient=(StorageUnavailable,))
+                       if issued_queue_max > 0 else None)
 
     # ------------------------------------------------------------- engine per process
     @property
@@ -421,6 +431,7 @@ class SqlStore:
         except ServiceError:
             raise
         except OperationalError as exc:
+            self._last_unavailable = _monotonic()
             log.error("feedback database unavailable: %s", exc.__class__.__name__,
                       extra={"fields": {"store": "database"}})
             raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
@@ -464,6 +475,33 @@ class SqlStore:
             return False
         return True
 
+    def queue_issued(self, service_id: str, hook: str, hook_instance: str,
+                     cards: list[dict[str, Any]], owner: Owner | None = None) -> bool:
+        """Record the cards of one answer off the request path (``writer``), or in it when
+        there is no writer. Returns whether the records were taken (queued or written)."""
+        if self.writer is None:
+            return self.record_issued(service_id, hook, hook_instance, cards, owner)
+        if not cards:
+            return True
+        now = utcnow()
+        try:
+            rows = [_issued_row(service_id, hook, hook_instance, card, now, owner)
+                    for card in cards]
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("issued cards not recorded", extra={"fields": {
+                "cards": len(cards), "error": exc.__class__.__name__}})
+            return False
+        return self.writer.submit(rows) == len(rows)
+
+    def _insert_issued(self, rows: list[dict[str, Any]]) -> None:
+        """One transaction for a batch of issued-card rows; a row already there is kept."""
+        with self._write(sqlite_synchronous=ISSUED_SYNCHRONOUS) as conn:
+            conn.execute(_insert_ignore(conn, issued_cards, "card_uuid"), rows)
+
+    def recently_unavailable(self) -> bool:
+        last = self._last_unavailable
+        return last is not None and _monotonic() - last < UNKNOWN_CARD_GRACE_SECONDS
+
     # ------------------------------------------------------------- feedback
     def record_feedback(self, service_id: str, payload: Any,
                         owner: Owner | None = None) -> "FeedbackCounts":
@@ -485,13 +523,27 @@ class SqlStore:
                                         .where(issued_cards.c.card_uuid.in_(chunk))):
                     if owner is None or (row.client_iss, row.tenant) == (owner.iss, owner.tenant):
                         known[row.card_uuid] = row
+            # The writer before the database: a card whose record is still queued in this
+            # process is written here, in this transaction, so its feedback can refer to it
+            # (and, like a record on file, it is known only to the client it was issued to).
+            missing = [w for w in wanted if w not in known]
+            queued = self.writer.pending(missing) if (missing and self.writer) else {}
+            if queued:
+                conn.execute(_insert_ignore(conn, issued_cards, "card_uuid"), list(queued.values()))
+                for card_id, row in queued.items():
+                    if owner is None or (row["client_iss"], row["tenant"]) == (owner.iss,
+                                                                              owner.tenant):
+                        known[card_id] = _Known(row["card_uuid"], row["service_id"],
+                                                row["suggestion_uuids"])
             issues: list[Issue] = []
+            unknown = 0
             rows: list[dict[str, Any]] = []
             for index, item in enumerate(items):
                 where = f"feedback[{index}]"
                 card_id = str(item["card"])
                 card = known.get(card_id)
                 if card is None and self.unknown_card == "reject":
+                    unknown += 1
                     issues.append(Issue(f"{where}.card: {card_id} is not a card this service "
                                         "issued (or its record has passed retention)",
                                         expression=f"{where}.card"))
@@ -524,6 +576,11 @@ class SqlStore:
                     "outcome_timestamp": item["outcomeTimestamp"], "received_at": now,
                     "unknown_card": card is None,
                 })
+            if unknown and self.recently_unavailable():
+                # Right after an outage the record may still be in another worker's queue.
+                raise StorageUnavailable(Issue(
+                    "The card record may still be being written after a database outage; "
+                    "retry shortly.", code="transient"), retry_after=2)
             if issues:
                 raise BadRequest(issues)  # rolls the transaction back: nothing is stored
             inserted = {row.report_key for row in conn.execute(
@@ -547,7 +604,10 @@ class SqlStore:
     # ------------------------------------------------------------- report
     def summary(self, start: str | None, end: str | None, *, client: str | None = None,
                 tenant: str | None = None) -> dict[str, Any]:
-        return self.report(parse_range(start, end), client=client, tenant=tenant)
+        rng = parse_range(start, end)
+        if self.writer is not None:
+            self.writer.flush(2.0)  # count this process's cards issued moments ago
+        return self.report(rng, client=client, tenant=tenant)
 
     def report(self, rng: DateRange, *, client: str | None = None,
                tenant: str | None = None) -> dict[str, Any]:
@@ -700,6 +760,21 @@ def _unstorable(where: str, coding: Mapping[str, Any], reason: Mapping[str, Any]
     return issues
 
 
+@dataclass(frozen=True)
+class _Known:
+    """An issued-card record as record_feedback reads it (from the database or the writer)."""
+
+    card_uuid: str
+    service_id: str
+    suggestion_uuids: str
+
+
+def _monotonic() -> float:
+    import time as _time
+
+    return _time.monotonic()
+
+
 def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(values), size):
         yield values[i:i + size]
@@ -736,4 +811,5 @@ def open_store(config: Config, *, migrate_now: bool = True) -> SqlStore:
     if migrate_now:
         log.info("database ready", extra={"fields": {"database": make_url(url).get_backend_name(),
                                                      "revision": revision}})
-    return SqlStore(url, unknown_card=config.feedback_unknown_card)
+    return SqlStore(url, unknown_card=config.feedback_unknown_card,
+                    issued_queue_max=config.issued_queue_max)

@@ -24,7 +24,7 @@ from cds.config import Config
 from cds.store.storage import open_store
 from conftest import EXAMPLES, REPO, run_server
 from feedback_support import (BACKENDS, SERVICE, make_card, new_database_url,  # noqa: F401
-                              pg_databases)
+                              pg_databases, wait_on_record)
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,9 @@ def obtain_cards(server, store) -> tuple[list[dict], str]:
     if examples:
         cards = cards_from_service(server)
         assert cards, f"{len(examples)} example requests in fhir_examples/ produced no card at all"
-        # Every card the service answered with is on record, with its finding code.
+        # Every card the service answered with is on record (written off the request path,
+        # moments after the answer), with its finding code.
+        wait_on_record(store, cards)
         issued = {r["card_uuid"]: r for r in store.issued_rows()}
         for card in cards:
             row = issued[card["uuid"]]

@@ -22,7 +22,7 @@ from cds.config import Config
 from cds.store.storage import SqlStore, open_store
 from conftest import EXAMPLES, REPO, run_server
 from feedback_support import (BACKENDS, SERVICE, load, make_card, new_database_url,  # noqa: F401
-                              pg_databases, substitute)
+                              pg_databases, substitute, wait_on_record)
 
 FEEDBACK_URL = f"/cds-services/{SERVICE}/feedback"
 
@@ -81,6 +81,7 @@ def issue(server, store: SqlStore, n: int, same_finding: bool = False) -> list[d
     if cards is None:
         cards = [make_card("vitd-deficiency", 1) for _ in range(n)]
         assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
+    wait_on_record(store, cards)  # the service writes its records moments after answering
     return cards
 
 

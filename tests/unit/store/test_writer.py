@@ -1,0 +1,150 @@
+"""The issued-card writer: records off the request path, bounded, kept while the database is down.
+
+Real SQLite files throughout; the database outage is a write function that fails like
+an unreachable database (StorageUnavailable) for a while, then lets the real insert run.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from cds.config import Config
+from cds.errors import BadRequest, Issue
+from cds.store import writer as writer_mod
+from cds.store.storage import SqlStore, StorageUnavailable, open_store
+from feedback_support import SERVICE, make_card
+
+
+def store_at(tmp_path, **over: Any) -> SqlStore:
+    return open_store(Config.from_env({"database_url": f"sqlite:///{tmp_path / 'w.sqlite3'}",
+                                       **over}, environ={}))
+
+
+def feedback_on(card: dict, outcome: str = "overridden", at: str = "2026-01-01T00:00:00Z") -> dict:
+    return {"feedback": [{"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": at}]}
+
+
+def gate(store: SqlStore) -> threading.Event:
+    """Hold the writer's inserts until the returned event is set."""
+    assert store.writer is not None
+    real = store._insert_issued
+    opened = threading.Event()
+
+    def held(rows):
+        opened.wait(30)
+        real(rows)
+    store.writer._write = held
+    return opened
+
+
+def test_default_store_queues_and_the_records_reach_the_database(tmp_path):
+    store = store_at(tmp_path)
+    assert store.writer is not None and store.writer.capacity == Config().issued_queue_max
+    cards = [make_card("osteoporosis", 2) for _ in range(3)]
+    assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
+    assert store.writer.flush(10)
+    rows = {r["card_uuid"]: r for r in store.issued_rows()}
+    assert set(rows) == {c["uuid"] for c in cards}
+    assert store.writer.written == 3 and store.writer.size() == 0
+
+
+def test_feedback_before_the_write_finds_the_queued_card(tmp_path):
+    store = store_at(tmp_path)
+    release = gate(store)
+    card = make_card("sarcopenia", 1)
+    store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+    assert store.counts()["issued_cards"] == 0          # not written yet
+    accepted = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
+                              "outcomeTimestamp": "2026-01-01T00:00:00Z",
+                              "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}]}
+    assert store.record_feedback(SERVICE, accepted) == 1   # the writer is asked first
+    assert store.counts() == {"issued_cards": 1, "feedback": 1}
+    # The queued record still checks what feedback may say (a suggestion it never offered).
+    wrong = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
+                           "outcomeTimestamp": "2026-01-02T00:00:00Z",
+                           "acceptedSuggestions": [{"id": str(uuid.uuid4())}]}]}
+    with pytest.raises(BadRequest):
+        store.record_feedback(SERVICE, wrong)
+    release.set()
+    assert store.writer.flush(10)                          # its own insert is a no-op now
+    assert store.counts() == {"issued_cards": 1, "feedback": 1}
+    assert store.writer.dropped == 0
+
+
+def test_the_queue_is_bounded_and_drops_are_counted_and_logged(tmp_path, caplog):
+    store = store_at(tmp_path, issued_queue_max=5)
+    release = gate(store)
+    cards = [make_card("osteoporosis", 1) for _ in range(8)]
+    with caplog.at_level(logging.ERROR, logger="mskcds.storage"):
+        assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards) is False
+    assert store.writer.dropped == 3 and store.writer.size() == 5
+    assert any("queue full" in r.getMessage() for r in caplog.records)
+    release.set()
+    assert store.writer.flush(10)
+    assert store.counts()["issued_cards"] == 5
+
+
+def test_records_are_kept_while_the_database_is_down_and_written_when_it_is_back(tmp_path, caplog):
+    store = store_at(tmp_path)
+    assert store.writer is not None
+    real = store._insert_issued
+    back = threading.Event()
+    attempts = []
+
+    def flaky(rows):
+        attempts.append(len(rows))
+        if not back.is_set():
+            store._last_unavailable = time.monotonic()
+            raise StorageUnavailable(Issue("down", code="transient"))
+        real(rows)
+    store.writer._write = flaky
+    cards = [make_card("osteoporosis", 1) for _ in range(20)]
+    with caplog.at_level(logging.INFO, logger="mskcds.storage"):
+        for card in cards:
+            assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+        deadline = time.monotonic() + 10
+        while len(attempts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(attempts) >= 3  # retried, with a pause between tries
+        assert store.counts()["issued_cards"] == 0 and store.writer.size() == 20
+        # Feedback on a card not on record right after an outage: retry (503), not "unknown".
+        with pytest.raises(StorageUnavailable) as err:
+            store.record_feedback(SERVICE, feedback_on(make_card("osteoporosis", 0)))
+        assert err.value.headers.get("Retry-After")
+        back.set()
+        assert store.writer.flush(15)
+    assert store.counts()["issued_cards"] == 20 and len(attempts) > 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("database unavailable, retrying" in m for m in messages)
+    assert any("after the database came back" in m for m in messages)
+    for card in cards:  # every card issued during the outage takes feedback now
+        assert store.record_feedback(SERVICE, feedback_on(card)) == 1
+
+
+def test_unknown_card_is_400_when_the_database_has_been_fine(tmp_path):
+    store = store_at(tmp_path)
+    with pytest.raises(BadRequest):
+        store.record_feedback(SERVICE, feedback_on(make_card("osteoporosis", 0)))
+
+
+def test_flush_all_writes_what_is_queued_at_exit(tmp_path):
+    store = store_at(tmp_path)
+    release = gate(store)
+    cards = [make_card("osteoporosis", 1) for _ in range(4)]
+    store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), cards)
+    threading.Timer(0.3, release.set).start()
+    writer_mod.flush_all(timeout=10)
+    assert store.counts()["issued_cards"] == 4
+
+
+def test_queue_off_writes_in_the_request(tmp_path):
+    store = store_at(tmp_path, issued_queue_max=0)
+    assert store.writer is None
+    card = make_card("osteoporosis", 1)
+    assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+    assert store.counts()["issued_cards"] == 1
