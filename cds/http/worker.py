@@ -58,16 +58,18 @@ _ERROR_TEXT = {
     501: "This Transfer-Encoding is not supported.",
     503: "The service is busy; retry later.",
 }
-_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 414: "URI Too Long",
+_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
+            413: "Content Too Large", 414: "URI Too Long",
             417: "Expectation Failed", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 
 
-def error_bytes(status: int, cors_any: bool = True) -> bytes:
+def error_bytes(status: int, cors_any: bool = True, text: str | None = None) -> bytes:
     """A complete HTTP/1.1 answer for a request the application never saw."""
-    text = _ERROR_TEXT.get(status, _ERROR_TEXT[400] if status < 500 else _ERROR_TEXT[500])
+    text = text or _ERROR_TEXT.get(status, _ERROR_TEXT[400] if status < 500 else _ERROR_TEXT[500])
     code = {408: "timeout", 503: "transient", 500: "exception", 501: "not-supported",
-            417: "not-supported", 414: "too-long", 431: "too-long"}.get(status, "invalid")
+            417: "not-supported", 413: "too-long", 414: "too-long",
+            431: "too-long"}.get(status, "invalid")
     body = json.dumps(operation_outcome([Issue(text, code=code,
                                                severity="fatal" if status == 500 else "error")]),
                       separators=(",", ":")).encode()
@@ -88,7 +90,8 @@ def error_bytes(status: int, cors_any: bool = True) -> bytes:
 class _Pending:
     """The bytes of one request still arriving, and what is known of its framing."""
 
-    __slots__ = ("buf", "started", "header_end", "need", "chunk_pos", "chunked")
+    __slots__ = ("buf", "started", "header_end", "need", "chunk_pos", "chunked", "too_large",
+                 "body_len")
 
     def __init__(self, initial: bytes, now: float):
         self.buf = bytearray(initial)
@@ -97,6 +100,8 @@ class _Pending:
         self.need: int | None = None        # total bytes of a Content-Length request
         self.chunk_pos = 0                  # chunked: where the next chunk-size line starts
         self.chunked = False
+        self.too_large = False              # a body over the limit: 413 from here
+        self.body_len = 0                   # chunked: the chunk sizes so far
 
 
 class BufferedThreadWorker(ThreadWorker):
@@ -131,10 +136,10 @@ class BufferedThreadWorker(ThreadWorker):
     def _write_error(self, sock: Any, status_int: int, reason: str, mesg: str) -> None:
         util.write_nonblock(sock, error_bytes(status_int, self.mskcds_cors_any))
 
-    def _reject(self, conn: Any, status: int) -> None:
+    def _reject(self, conn: Any, status: int, text: str | None = None) -> None:
         try:
             conn.sock.setblocking(False)
-            conn.sock.send(error_bytes(status, self.mskcds_cors_any))
+            conn.sock.send(error_bytes(status, self.mskcds_cors_any, text))
         except OSError:
             pass
         self.nr_conns -= 1
@@ -149,10 +154,10 @@ class BufferedThreadWorker(ThreadWorker):
         initial = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
         state = _Pending(initial, time.monotonic())
         conn.mskcds_state = state
-        self.mskcds_pending_bytes += len(initial)
         if self._complete(conn, state):
-            self._dispatch(conn)
+            self._dispatch_or_refuse(conn, state)
             return
+        self.mskcds_pending_bytes += len(initial)  # held until _forget
         conn.sock.setblocking(False)
         self.mskcds_reading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
@@ -179,7 +184,7 @@ class BufferedThreadWorker(ThreadWorker):
                 return
             if self._complete(conn, state):
                 self._forget(conn)
-                self._dispatch(conn)
+                self._dispatch_or_refuse(conn, state)
                 return
             if len(data) < RECV_SIZE:
                 return
@@ -196,6 +201,14 @@ class BufferedThreadWorker(ThreadWorker):
         state = getattr(conn, "mskcds_state", None)
         if state is not None:
             self.mskcds_pending_bytes -= len(state.buf)
+
+    def _dispatch_or_refuse(self, conn: Any, state: _Pending) -> None:
+        if state.too_large:
+            # Answered here, connection closed: no thread reads (or drains) a body we refuse.
+            conn.mskcds_state = None
+            self._reject(conn, 413, f"Request body is larger than {self.mskcds_max_body} bytes.")
+            return
+        self._dispatch(conn)
 
     def _dispatch(self, conn: Any) -> None:
         state = conn.mskcds_state
@@ -216,6 +229,7 @@ class BufferedThreadWorker(ThreadWorker):
             state.header_end = end + 4
             head = bytes(buf[:end]).split(b"\r\n")
             length: int | None = None
+            expect_continue = False
             for line in head[1:]:
                 name, sep, value = line.partition(b":")
                 if not sep:
@@ -232,15 +246,19 @@ class BufferedThreadWorker(ThreadWorker):
                     state.chunked = True
                 elif name == b"expect" and value.lower() == b"100-continue" \
                         and head[0].endswith(b"HTTP/1.1"):
-                    self._continue(conn)
+                    expect_continue = True
+            if length is not None and length > self.mskcds_max_body and not state.chunked:
+                state.too_large = True  # refused before the client sends it (no 100 Continue)
+                return True
+            if expect_continue:
+                self._continue(conn)
             if state.chunked:
                 if length is not None:
                     return True  # both framings: gunicorn refuses it
                 state.chunk_pos = state.header_end
             else:
-                if length is None or length > self.mskcds_max_body:
-                    # No body, or one the application refuses from Content-Length alone.
-                    return True
+                if length is None:
+                    return True  # no body
                 state.need = state.header_end + length
         if state.need is not None:
             return len(buf) >= state.need
@@ -259,11 +277,13 @@ class BufferedThreadWorker(ThreadWorker):
                 # The last chunk, then trailer fields, then an empty line.
                 rest = m.end()
                 return buf.startswith(b"\r\n", rest) or buf.find(b"\r\n\r\n", rest) >= 0
-            if len(buf) - state.header_end > self.mskcds_max_body + 64 * 1024:
-                return True  # the application refuses a body this large (413)
+            if state.body_len + size > self.mskcds_max_body:
+                state.too_large = True  # refused on the chunk size, before its data
+                return True
             after = m.end() + size + 2
             if len(buf) < after:
                 return False
+            state.body_len += size
             state.chunk_pos = after
 
     def _continue(self, conn: Any) -> None:

@@ -263,3 +263,22 @@ def test_ten_thousand_observations_are_accepted_by_default(served):
                       timeout=60)
     assert r.status_code == 200, r.text[:300]
     assert r.json()["cards"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
+    """413 from the worker on Content-Length (or a chunk size) alone, connection closed:
+    no thread reads or drains a body the service refuses; no 100 Continue for it."""
+    _, port = served
+    from cds.config import Config
+
+    limit = Config().max_body_bytes
+    t0 = time.monotonic()
+    answer = raw(port, f"POST {SERVICE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       f"Expect: 100-continue\r\nContent-Length: {limit + 1}\r\n\r\n".encode())
+    assert time.monotonic() - t0 < 5
+    assert b"100 Continue" not in answer
+    doc = assert_json_error(answer, 413)
+    assert str(limit) in doc["issue"][0]["diagnostics"]
+    answer = raw(port, f"POST {SERVICE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       f"Transfer-Encoding: chunked\r\n\r\n{limit + 1:x}\r\n{{".encode())
+    assert_json_error(answer, 413)
