@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-from cds.config import Config, ConfigError
+from cds.config import Config, ConfigError, default_workers
 from cds.errors import ServiceError
 
 
@@ -73,7 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from cds import create_app
 
     app = create_app(config)  # as gunicorn --preload: built once, before the workers fork
-    workers = args.workers or server.default_workers()
+    workers = args.workers
     options = server.gunicorn_options(listener, workers=workers, threads=args.threads,
                                       access_log=args.access_log,
                                       forwarded_allow_ips=config.trusted_proxies)
@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on "
                        "(0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_number, default=8080, help="TCP port (1-65535)")
-    serve.add_argument("--workers", type=positive_int, default=None,
-                       help="worker processes (at least 1; default: one per CPU)")
+    serve.add_argument("--workers", type=positive_int, default=default_workers(),
+                       help="worker processes (at least 1; the default is one per CPU)")
     serve.add_argument("--threads", type=positive_int, default=4,
                        help="threads per worker (at least 1)")
     serve.add_argument("--insecure-allow-remote", action="store_true",

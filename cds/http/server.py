@@ -7,7 +7,6 @@ this process. Workers fork from it; each opens its own database connections.
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from typing import Any, Mapping, Sequence
@@ -39,14 +38,6 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
 WORKER_CLASS = "cds.http.worker.BufferedThreadWorker"
 TIMEOUT = 30
 GRACEFUL_TIMEOUT = 10
-
-
-def default_workers() -> int:
-    """One worker process per CPU this process may run on (chosen by measurement: README, Speed)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def gunicorn_argv(host: str, port: int, *, workers: int, threads: int,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cds.config import default_workers
 from conftest import EXAMPLES, REPO, free_port, load_json, run_server
 
 MSKCDS = str(Path(sys.executable).with_name("mskcds"))
@@ -165,7 +166,7 @@ def test_keygen_never_overwrites_a_key(tmp_path):
 # --------------------------------------------------------------------------- help
 @pytest.mark.parametrize("command, expected", [
     ("serve", ["--host", "(default: 127.0.0.1)", "--port", "(default: 8080)",
-               "--workers", "(default: 2)", "--threads", "(default: 4)"]),
+               "--workers", f"(default: {default_workers()})", "--threads", "(default: 4)"]),
     ("evaluate", ["--service", "(default: bone-muscle-health)", "--pretty", "indent",
                   "--hook"]),
     ("migrate", ["--revision", "(default: head)"]),
