@@ -159,7 +159,7 @@ def floor_command(port: int) -> list[str]:
                 "--worker-class", "gthread", "--threads", "4", "--preload",
                 "--no-control-socket", "--access-logfile", "/dev/null", "floor_app:application"]
     args = cli_serve_args(port)
-    return server.gunicorn_argv("127.0.0.1", port, workers=args.workers or server.default_workers(),
+    return server.gunicorn_argv("127.0.0.1", port, workers=args.workers,
                                 threads=args.threads, app="floor_app:application")
 
 
@@ -456,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also", action="append", default=[], metavar="NAME=ARGS",
                     help="another typical-request service target served with these "
                     "`mskcds serve` arguments (compare serving shapes side by side)")
+    ap.add_argument("--plain-gthread", action="store_true",
+                    help="also serve the typical request with gunicorn's plain gthread worker "
+                    "(same shape): the throughput cost of the slow-client-proof worker")
     ap.add_argument("--scenarios", default="typical,auth,large,fallback",
                     help="comma list of: typical, auth, large, fallback")
     ap.add_argument("--scaling", default="100,1000,3000,10000",
@@ -531,6 +534,21 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.also:
                 name, _, extra = spec.partition("=")
                 targets.append(Target(name, service(name, {}, extra.split()), SERVICE,
+                                      body_files["typical"], connections=c))
+            if args.plain_gthread:
+                from cds.http import server as serving
+
+                port = free_port()
+                shape = cli_serve_args(port)
+                cmd = serving.gunicorn_argv("127.0.0.1", port,
+                                            workers=shape.workers,
+                                            threads=shape.threads)
+                cmd[cmd.index(serving.WORKER_CLASS)] = "gthread"
+                db = tmp / "db-gthread.sqlite3"
+                s = Server("plain gthread", cmd, {**base_env, "MSKCDS_DATABASE_URL": f"sqlite:///{db}"},
+                           REPO, tmp / "gthread.log")
+                servers.append(s)
+                targets.append(Target("typical, plain gthread worker", s, SERVICE,
                                       body_files["typical"], connections=c))
             if "auth" in scenarios:
                 from cryptography.hazmat.primitives import serialization
