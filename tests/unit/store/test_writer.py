@@ -62,7 +62,7 @@ def test_feedback_before_the_write_finds_the_queued_card(tmp_path):
     accepted = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                               "outcomeTimestamp": "2026-01-01T00:00:00Z",
                               "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}]}
-    assert store.record_feedback(SERVICE, accepted) == 1   # the writer is asked first
+    assert store.record_feedback(SERVICE, accepted).stored == 1   # the writer is asked first
     assert store.counts() == {"issued_cards": 1, "feedback": 1}
     # The queued record still checks what feedback may say (a suggestion it never offered).
     wrong = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
@@ -123,7 +123,7 @@ def test_records_are_kept_while_the_database_is_down_and_written_when_it_is_back
     assert any("database unavailable, retrying" in m for m in messages)
     assert any("after the database came back" in m for m in messages)
     for card in cards:  # every card issued during the outage takes feedback now
-        assert store.record_feedback(SERVICE, feedback_on(card)) == 1
+        assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
 
 
 def test_unknown_card_is_400_when_the_database_has_been_fine(tmp_path):
