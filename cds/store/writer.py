@@ -33,6 +33,9 @@ log = logging.getLogger("mskcds.storage")
 
 #: Rows per transaction.
 BATCH = 500
+#: Seconds the thread gathers rows before it writes them: under load several calls share one
+#: transaction, and each call wakes the thread at most once per window, not once per call.
+GATHER = 0.02
 #: Backoff while the database is unavailable (seconds, doubling up to the maximum).
 RETRY_FIRST = 0.05
 RETRY_MAX = 0.5
@@ -70,6 +73,7 @@ class IssuedCardWriter:
         self._inflight: dict[str, dict[str, Any]] = {}  # taken by the thread, not yet committed
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._flushing = 0
         self._atexit = False
         self.written = 0
         self.dropped = 0
@@ -84,6 +88,7 @@ class IssuedCardWriter:
             self._reset()   # inherited across fork: the parent's queue is not ours
         taken = 0
         with self._cond:
+            was_empty = not self._pending
             for row in rows:
                 if len(self._pending) + len(self._inflight) >= self.capacity:
                     self.dropped += 1
@@ -98,7 +103,8 @@ class IssuedCardWriter:
                 if not self._atexit:
                     atexit.register(self.close)
                     self._atexit = True
-            self._cond.notify()
+            if was_empty or len(self._pending) >= BATCH:
+                self._cond.notify()
         if self._dropped_unlogged:
             self._log_drops()
         return taken
@@ -130,6 +136,8 @@ class IssuedCardWriter:
                         return
                 if not self._pending and self._stopping:
                     return
+                if not self._stopping and not self._flushing and len(self._pending) < BATCH:
+                    self._cond.wait(GATHER)  # let more calls' rows join this transaction
                 keys = list(self._pending)[:BATCH]
                 batch = {k: self._pending.pop(k) for k in keys}
                 self._inflight.update(batch)
@@ -182,13 +190,17 @@ class IssuedCardWriter:
             return True
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending or self._inflight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.notify_all()
-                self._cond.wait(min(left, 0.05))
-            return True
+            self._flushing += 1
+            try:
+                while self._pending or self._inflight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.notify_all()
+                    self._cond.wait(min(left, 0.05))
+                return True
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush (for at most ``timeout``), then stop the thread; what is left is logged."""
