@@ -101,7 +101,7 @@ class IssuedCardWriter:
                                                 daemon=True)
                 self._thread.start()
                 if not self._atexit:
-                    atexit.register(self.close)
+                    atexit.register(self.close, 2.0)
                     self._atexit = True
             if was_empty or len(self._pending) >= BATCH:
                 self._cond.notify()
@@ -214,7 +214,11 @@ class IssuedCardWriter:
             left = len(self._pending) + len(self._inflight)
             thread = self._thread
         if not done and left:
-            log.error("issued-card records not written at exit", extra={"fields": {"cards": left}})
+            try:
+                log.error("issued-card records not written at exit",
+                          extra={"fields": {"cards": left}})
+            except Exception:  # pragma: no cover - logging already shut down at interpreter exit
+                pass
         if thread is not None:
             thread.join(1.0)
         with self._cond:
