@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Settings come from MSKCDS_* environment variables "
                                      "(see the README, 'Configuration').")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helpful = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    helpful: dict[str, Any] = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
     serve = sub.add_parser("serve", help="serve the CDS Hooks endpoints with gunicorn",
                            description="Serve the CDS Hooks endpoints (discovery, services, "
