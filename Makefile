@@ -25,12 +25,15 @@ venv: $(VENV)/.installed
 run: venv
 	MSKCDS_REQUIRE_AUTH=$${MSKCDS_REQUIRE_AUTH:-false} $(BIN)/mskcds serve --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
+# Everything: every test (real servers, PostgreSQL when configured) and the type check.
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m mypy
 
-# The fast loop: unit tests only (no server processes).
+# The fast loop: unit tests only (no server processes) and the type check (config: setup.cfg [mypy]).
 check: venv
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(BIN)/python -m mypy
 
 bench: venv
 	$(BIN)/python benchmarks/bench_service.py

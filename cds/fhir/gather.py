@@ -527,11 +527,11 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
                                      thread_name_prefix="mskcds-fhir")
         futures: dict[cf.Future, str] = {}
         try:
-            for key, (template, first, rendered) in jobs.items():
-                if template.is_read:
-                    futures[pool.submit(fetcher.read, template, rendered)] = key
+            for key, (template, first, url) in jobs.items():
+                if template.is_read and url is not None:  # a read is never a paged Bundle
+                    futures[pool.submit(fetcher.read, template, url)] = key
                 else:
-                    futures[pool.submit(fetcher.search, template, first, rendered)] = key
+                    futures[pool.submit(fetcher.search, template, first, url)] = key
             done, pending = cf.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             for fut in done:
                 key = futures[fut]

@@ -46,7 +46,7 @@ from cds.security.clients import (ALLOWED_ALGORITHMS, PublicKey, TrustedClient, 
 from cds.security.jwks import JwksFetcher
 from cds.config import Config, ConfigError
 from cds.errors import ServiceUnavailable, Unauthorized
-from cds.security.replay import ReplayCacheError, open_replay_cache, replay_key
+from cds.security.replay import ReplayCache, ReplayCacheError, open_replay_cache, replay_key
 from cds.urls import same_base
 
 log = logging.getLogger("mskcds.auth")
@@ -90,13 +90,13 @@ def bearer_token(authorization: str | None) -> str:
 
 class Authenticator:
     def __init__(self, config: Config, *, clients: Mapping[str, TrustedClient] | None = None,
-                 replay_cache: Any | None = None, fetcher: JwksFetcher | None = None,
+                 replay_cache: ReplayCache | None = None, fetcher: JwksFetcher | None = None,
                  clock: Callable[[], float] = time.time):
         self.config = config
         self.clock = clock
         self.clients: Mapping[str, TrustedClient] = {}
-        self.replay = replay_cache
-        self.fetcher = fetcher
+        self.replay: ReplayCache | None = replay_cache
+        self.fetcher: JwksFetcher | None = fetcher
         if not config.require_auth:
             return
         if clients is None:
@@ -222,6 +222,8 @@ class Authenticator:
             raise Unauthorized(f"iss {_show(iss)}: jti must be a non-empty string")
         if client.tenant is not None and claims.get("tenant") != client.tenant:
             raise Unauthorized(f"iss {_show(iss)}: tenant does not match the configured tenant")
+        if self.replay is None:  # only when authentication is off: fail closed
+            raise Unauthorized("no replay cache: authentication is not configured")
         try:
             fresh = self.replay.claim(replay_key(client.iss, jti), exp + leeway)
         except ReplayCacheError as exc:
@@ -239,6 +241,8 @@ class Authenticator:
             if jku is not None and (not isinstance(jku, str) or jku != client.jwks_url):
                 raise Unauthorized(f"iss {_show(client.iss)}: jku {_show(jku, 160)} is not the "
                                    f"JWKS URL configured for this client; not fetched")
+            if self.fetcher is None:  # only when authentication is off: fail closed
+                raise Unauthorized("no JWKS fetcher: authentication is not configured")
             key = self.fetcher.key(client.jwks_url, kid)
         else:
             # Keys configured out of band: a jku in the header is never fetched.

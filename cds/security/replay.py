@@ -27,9 +27,12 @@ import hashlib
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
-from cds.store.db import PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections
+from sqlalchemy.engine import Engine
+
+from cds.store.db import (PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections,
+                          upsert_insert)
 
 PURGE_EVERY_SECONDS = 60.0
 
@@ -53,7 +56,7 @@ class ReplayCache(Protocol):
 class MemoryReplayCache:
     """Per-process cache (see the module docstring for why that is a limitation)."""
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -81,7 +84,7 @@ class MemoryReplayCache:
 class SqlReplayCache:
     """A ``mskcds_jti`` table, shared by every process that uses the same database URL."""
 
-    def __init__(self, url: str, clock=time.time) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         from sqlalchemy import Column, Float, MetaData, String, Table
         from sqlalchemy.engine import make_url
 
@@ -112,7 +115,7 @@ class SqlReplayCache:
             # across a fork, each worker opens its own.
             self._engines.dispose()
 
-    def _build_engine(self):
+    def _build_engine(self) -> Engine:
         from sqlalchemy import create_engine, event
 
         if self.url.drivername.startswith("sqlite"):
@@ -120,7 +123,7 @@ class SqlReplayCache:
                                    connect_args={"timeout": 10})
 
             @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
                 cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
@@ -129,17 +132,13 @@ class SqlReplayCache:
         return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4,
                              connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS})
 
-    def _upsert(self, key: str, expires_at: float, now: float):
+    def _upsert(self, key: str, expires_at: float, now: float) -> Any:
         """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""
         dialect = self.url.get_backend_name()
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
+        if dialect not in ("sqlite", "postgresql"):
             return None
         table = self._table
-        stmt = insert(table).values(key=key, expires_at=float(expires_at))
+        stmt = upsert_insert(dialect, table).values(key=key, expires_at=float(expires_at))
         return stmt.on_conflict_do_update(index_elements=[table.c.key],
                                           set_={"expires_at": stmt.excluded.expires_at},
                                           where=table.c.expires_at < now).returning(table.c.key)

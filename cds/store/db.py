@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any, Callable
 
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 
@@ -77,3 +79,13 @@ def discard_broken_connections(engine: Engine) -> Engine:
             context.is_disconnect = True
 
     return engine
+
+
+def upsert_insert(dialect: str, table: Table) -> Any:
+    """``INSERT`` for ``table`` that accepts ``ON CONFLICT`` clauses, in ``dialect``
+    (``sqlite`` or ``postgresql``; both speak ON CONFLICT, with the same SQLAlchemy API)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"no ON CONFLICT insert for the {dialect!r} dialect")

@@ -7,15 +7,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cds.config import Config, ConfigError
 from cds.errors import ServiceError
 
+if TYPE_CHECKING:  # the store (SQLAlchemy) is imported only by the commands that use it
+    from cds.store.storage import SqlStore
+
 TOP_REASONS = 3
 
 
-def _store(config: Config, *, migrate_now: bool = True):
+def _store(config: Config, *, migrate_now: bool = True) -> SqlStore:
     from cds.store.storage import open_store
 
     return open_store(config, migrate_now=migrate_now)

@@ -50,7 +50,8 @@ from sqlalchemy.types import TypeDecorator
 
 from cds.hooks import wire
 from cds.config import Config, ConfigError
-from cds.store.db import PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections
+from cds.store.db import (PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections,
+                          upsert_insert)
 from cds.store.writer import IssuedCardWriter
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
@@ -250,7 +251,7 @@ def alembic_config(connection: Connection | None = None) -> Any:
 def _migration_lock(engine: Engine, url: str) -> Iterator[Connection]:
     """One migrator at a time, across processes: a file lock (SQLite) or an advisory lock (PG)."""
     if engine.dialect.name == "sqlite":
-        lock_path = Path(make_url(url).database + ".migrate.lock")
+        lock_path = Path(f"{make_url(url).database}.migrate.lock")
         with open(lock_path, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
@@ -782,11 +783,7 @@ def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 def _insert_ignore(conn: Connection, table: Table, key: str) -> Any:
     """INSERT ... ON CONFLICT (key) DO NOTHING, in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing(index_elements=[key])
+    return upsert_insert(conn.dialect.name, table).on_conflict_do_nothing(index_elements=[key])
 
 
 def open_store(config: Config, *, migrate_now: bool = True) -> SqlStore:
