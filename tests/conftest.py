@@ -155,11 +155,39 @@ def make_app(tmp_path: Path):
 
 
 _HTTP_DIR = Path(__file__).resolve().parent / "http"
+#: Fixtures that start a real server (a FHIR test server, gunicorn): a test using one is slow.
+SERVER_FIXTURES = frozenset({"fhir", "foreign", "open_server"})
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    """Everything under tests/http/ talks to real server processes: it is `slow`, and
-    `make check` (the fast loop) leaves it out."""
+    """Everything under tests/http/ talks to real server processes, and a test anywhere that
+    uses a server fixture starts one: both are `slow`, and `make check` (the fast loop) leaves
+    them out."""
     for item in items:
-        if _HTTP_DIR in Path(str(item.fspath)).resolve().parents:
+        if _HTTP_DIR in Path(str(item.fspath)).resolve().parents \
+                or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_servers(request: pytest.FixtureRequest,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast loop's contract, enforced: a test not marked slow that starts a process
+    (gunicorn, the CLI, a multiprocessing worker) or the FHIR test server fails, naming
+    itself, instead of quietly making `make check` slow."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import multiprocessing.process
+
+    import fhir_test_server
+
+    def refuse(what: str) -> Any:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{request.node.nodeid} starts {what} but is not marked slow: "
+                                 "mark it @pytest.mark.slow (or move it under tests/http/)")
+        return refused
+
+    monkeypatch.setattr(subprocess, "Popen", refuse("a process"))
+    monkeypatch.setattr(os, "fork", refuse("a process (fork)"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("a process"))
+    monkeypatch.setattr(fhir_test_server.FhirTestServer, "start", refuse("the FHIR test server"))

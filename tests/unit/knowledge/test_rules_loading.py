@@ -194,6 +194,7 @@ def test_not_yaml_and_missing_file(rules_copy):
         load(rules_copy)
 
 
+@pytest.mark.slow  # starts processes
 def test_bad_rules_stop_the_cli_with_a_message_not_a_traceback(rules_copy):
     edit(rules_copy / "bone.yaml", lambda d: d.pop("t_score"))
     proc = subprocess.run([sys.executable, "-m", "cds.cli.main", "evaluate",

@@ -150,6 +150,7 @@ def test_auth_off_needs_no_clients_file_and_opens_no_cache(tmp_path):
     assert not (tmp_path / "replay.sqlite3").exists()
 
 
+@pytest.mark.slow  # starts processes
 def test_gunicorn_start_fails_with_one_clear_line(tmp_path):
     server = ServerProcess({"MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": ""},
                            workers=1, log_path=tmp_path / "server.log")
@@ -162,6 +163,7 @@ def test_gunicorn_start_fails_with_one_clear_line(tmp_path):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow  # starts processes
 def test_mskcds_serve_checks_the_clients_file_before_starting(tmp_path):
     bad = tmp_path / "clients.yaml"
     bad.write_text(json.dumps({"clients": [{"iss": "a", "jwks": {"keys": [_es_jwk(d="AAAA")]}}]}))
@@ -276,6 +278,7 @@ def _claim_in_child(url: str, key: str, queue) -> None:
     queue.put(SqlReplayCache(url).claim(key, time.time() + 60))
 
 
+@pytest.mark.slow  # starts processes
 def test_sql_cache_is_shared_between_processes(tmp_path):
     url = f"sqlite:///{tmp_path / 'sub' / 'replay.sqlite3'}"
     cache = open_replay_cache(url)
@@ -328,6 +331,7 @@ def test_bad_replay_cache_url_is_a_startup_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------ CLI helpers
+@pytest.mark.slow  # starts processes
 def test_keygen_and_token_commands_produce_a_token_the_service_accepts(tmp_path):
     from cds.cli.main import main
 

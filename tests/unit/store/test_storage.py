@@ -98,6 +98,7 @@ def _migrate_in_child(url: str, queue) -> None:
         queue.put(("error", repr(exc)))
 
 
+@pytest.mark.slow  # starts processes
 def test_concurrent_migrations_from_several_processes(db_url):
     # fork, as gunicorn does (and no re-import per child): four migrators start at once.
     ctx = multiprocessing.get_context("fork")
@@ -111,6 +112,7 @@ def test_concurrent_migrations_from_several_processes(db_url):
     assert results == [("ok", HEAD)] * 4
 
 
+@pytest.mark.slow  # starts processes
 def test_engine_is_not_shared_across_fork(tmp_path):
     """--preload: a store used before fork must give the child its own engine."""
     store = store_for(f"sqlite:///{tmp_path / 'f.sqlite3'}")
@@ -422,6 +424,7 @@ def test_purge_refuses_zero_days(tmp_path):
 
 
 # --------------------------------------------------------------------------- packaging
+@pytest.mark.slow  # starts processes
 def test_plain_install_ships_the_migrations(tmp_path):
     """A wheel (not the editable checkout) carries the migrations, and they run from it."""
     wheel_dir = tmp_path / "wheel"
