@@ -1,4 +1,4 @@
-"""Edges of the service found in review, each through a real gunicorn server over HTTP.
+"""Malformed, oversized and hostile requests, each through a real gunicorn server over HTTP.
 
 Every case here once produced a 500, a misleading status or a stored value the
 database could not hold; each answer must now be a 4xx OperationOutcome naming

@@ -1,5 +1,5 @@
-"""Clinical-safety review of normalize: Patient data that cannot be true never becomes an age
-(each test failed before its fix)."""
+"""Dates that cannot be true: a birth date in the future or beyond any lifespan never becomes an
+age, a scan dated before birth makes no finding, and the newest unusable result is remembered."""
 from __future__ import annotations
 
 from datetime import date

@@ -1,4 +1,5 @@
-"""Edges of the HTTP layer through a real server process."""
+"""Routing and error bodies through a real server process: discovery, 404/405/415/400/412 as
+OperationOutcomes, CORS preflight, an empty answer when there is no data."""
 from __future__ import annotations
 
 import uuid

@@ -1,4 +1,5 @@
-"""Clinical-safety review of card text (each test failed before its fix)."""
+"""Card text of values that are not exact numbers: a comparator stays beside its value, and a
+result that could not be classified is never called "not measured"."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone

@@ -1,5 +1,5 @@
-"""Clinical-safety review: paths where a card was built on a guess (each test failed before
-its fix). Facts are built directly, or through normalize from real FHIR JSON where the
+"""Doubtful data makes no card built on a guess: conflicting same-day results, future dates,
+newer unusable results, unknown or child ages. Facts are built directly, or through normalize from real FHIR JSON where the
 defect sits between the two."""
 from __future__ import annotations
 
