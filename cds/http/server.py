@@ -75,7 +75,7 @@ def gunicorn_options(listener: socket.socket, *, workers: int, threads: int,
     }
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, app: Flask, options: Mapping[str, Any]):
         self._app = app
         self._options = dict(options)
