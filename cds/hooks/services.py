@@ -13,14 +13,11 @@ context schema, an unknown prefetch key or evaluator, a duplicate id.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from cds.errors import Issue, NotFound
-
-#: CDS Hooks 2.0 service ids appear in URLs: letters, digits, '-', '_' and '.'.
-SERVICE_ID = re.compile(r"^[A-Za-z0-9\-_.]+$")
+from cds.hooks.wire import SERVICE_ID
 
 
 @dataclass(frozen=True)

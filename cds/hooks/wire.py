@@ -16,8 +16,12 @@ from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, field
 
 from cds.errors import BadRequest, Issue, flatten_errors
 
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-FHIR_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+#: A FHIR R4 id (https://hl7.org/fhir/R4/datatypes.html#id), as text for patterns that embed one.
+ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"
+FHIR_ID = re.compile(rf"^{ID_PATTERN}$")
+FHIR_REFERENCE = re.compile(rf"^[A-Z][A-Za-z]+/{ID_PATTERN}$")
+#: CDS Hooks 2.0 service ids appear in URLs: letters, digits, '-', '_' and '.'.
+SERVICE_ID = re.compile(r"^[A-Za-z0-9\-_.]+$")
 PREFETCH_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 SUMMARY_MAX = 139  # the spec: "<140 characters"
 
@@ -79,7 +83,7 @@ class PatientViewContextSchema(Schema):
         unknown = INCLUDE
 
     userId = fields.String(required=True, validate=validate.Regexp(
-        r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$",
+        rf"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/{ID_PATTERN}$",
         error="must be Practitioner/<id>, PractitionerRole/<id>, Patient/<id> or RelatedPerson/<id>"))
     patientId = fields.String(required=True, validate=validate.Regexp(
         FHIR_ID, error="must be a bare FHIR Patient id (no 'Patient/' prefix)"))
@@ -94,9 +98,9 @@ DRAFT_ORDER_TYPES = ("MedicationRequest", "NutritionOrder", "ServiceRequest", "V
 #: More draft orders than this in one call is not an ordering session: refused, not read.
 MAX_DRAFT_ORDERS = 200
 #: CDS Hooks Library ord-1 ("Must be in the format {type}/{id}"), with a FHIR id.
-ORDER_REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+ORDER_REFERENCE = re.compile(rf"^[A-Za-z]+/{ID_PATTERN}$")
 _ORDER_USER = validate.Regexp(
-    r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$",
+    rf"^(Practitioner|PractitionerRole)/{ID_PATTERN}$",
     error="must be Practitioner/<id> or PractitionerRole/<id> (the ordering clinician)")
 
 
@@ -383,7 +387,7 @@ class ServiceDefinitionSchema(Schema):
         unknown = RAISE
 
     hook = fields.String(required=True, validate=NonBlank)
-    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9\-_.]+$"))
+    id = fields.String(required=True, validate=validate.Regexp(SERVICE_ID))
     title = fields.String(validate=NonBlank)
     description = fields.String(required=True, validate=NonBlank)
     prefetch = fields.Dict(keys=fields.String(validate=validate.Regexp(PREFETCH_KEY)),
