@@ -156,7 +156,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from cds.security.auth import generate_key, public_jwks
+    from cds.security.tokens import generate_key, public_jwks
 
     key = generate_key(args.alg)
     kid = args.kid or str(uuid.uuid4())
@@ -179,7 +179,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from cds.security.auth import load_private_key, mint_token
+    from cds.security.tokens import load_private_key, mint_token
 
     try:
         key, kid, alg = load_private_key(args.key)
