@@ -26,13 +26,11 @@ import contextlib
 import hashlib
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from sqlalchemy.engine import Engine
 
-from cds.store.db import (PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections,
-                          upsert_insert)
+from cds.store.db import ProcessLocalEngine, build_engine, upsert_insert
 
 PURGE_EVERY_SECONDS = 60.0
 
@@ -103,9 +101,6 @@ class SqlReplayCache:
         self._serial = (threading.Lock() if self.url.drivername.startswith("sqlite")
                         else contextlib.nullcontext())
         try:
-            if self.url.drivername.startswith("sqlite") \
-                    and self.url.database not in (None, "", ":memory:"):
-                Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self._metadata.create_all(self._engines.get())
         except Exception as exc:  # the database URL is unusable: stop at start-up
             raise ReplayCacheError(f"replay cache {self.url.render_as_string(hide_password=True)} "
@@ -116,21 +111,10 @@ class SqlReplayCache:
             self._engines.dispose()
 
     def _build_engine(self) -> Engine:
-        from sqlalchemy import create_engine, event
-
-        if self.url.drivername.startswith("sqlite"):
-            engine = create_engine(self.url, pool_size=4, max_overflow=4,
-                                   connect_args={"timeout": 10})
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
-                cur.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL
-                cur.close()
-            return discard_broken_connections(engine)
-        return create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4,
-                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS})
+        # The service's one engine factory; NORMAL: no fsync per commit in WAL (a replay
+        # record lost to a power cut lets one token be replayed within its short lifetime).
+        return build_engine(self.url.render_as_string(hide_password=False),
+                            setting="MSKCDS_REPLAY_CACHE_URL", synchronous="NORMAL")
 
     def _upsert(self, key: str, expires_at: float, now: float) -> Any:
         """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""
@@ -186,6 +170,7 @@ class SqlReplayCache:
         from sqlalchemy import func, select
 
         with self._engines.get().connect() as conn:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")  # a read: no write lock
             return int(conn.execute(select(func.count()).select_from(self._table)).scalar_one())
 
 

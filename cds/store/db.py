@@ -1,4 +1,7 @@
-"""One SQLAlchemy engine per process.
+"""The database engines: one factory (``build_engine``), one engine per process.
+
+The feedback store and the replay cache open their databases the same way
+(``build_engine``), so a SQLite file or a PostgreSQL URL behaves alike for both.
 
 gunicorn ``--preload`` builds the app before it forks its workers. A connection
 pool must never be shared across a fork (two processes would write to one
@@ -10,11 +13,16 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import Table
+from sqlalchemy import Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
+
+from cds.config import ConfigError
 
 
 class ProcessLocalEngine:
@@ -67,8 +75,6 @@ def discard_broken_connections(engine: Engine) -> Engine:
     heals by itself once the fault has cleared (no worker restart). PostgreSQL needs
     nothing here: psycopg's disconnect detection and ``pool_pre_ping`` already do it.
     """
-    from sqlalchemy import event
-
     if engine.dialect.name != "sqlite":
         return engine
 
@@ -89,3 +95,76 @@ def upsert_insert(dialect: str, table: Table) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise ValueError(f"no ON CONFLICT insert for the {dialect!r} dialect")
+
+
+#: How long a SQLite connection waits for another's write lock before it gives up.
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+def build_engine(url: str, *, setting: str = "MSKCDS_DATABASE_URL",
+                 synchronous: str = "FULL") -> Engine:
+    """A new engine for this process: the one engine factory of the service (the feedback
+    store and the replay cache both use it).
+
+    SQLite: WAL, a busy timeout, foreign keys on, and every transaction opened by us with
+    ``BEGIN IMMEDIATE`` (execution option ``sqlite_begin`` to change it) at ``PRAGMA
+    synchronous=<synchronous>`` (execution option ``sqlite_synchronous`` per transaction);
+    connections that failed read-only, broken or locked are discarded. PostgreSQL: psycopg 3,
+    pre-ping. ``setting`` names the variable the URL came from, for the messages.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise ConfigError(f"{setting}: an in-memory SQLite database cannot be shared "
+                              "by workers; give a file path (sqlite:////path/mskcds.sqlite3)")
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {Path(database).parent} for the SQLite database: "
+                              f"{exc.strerror or exc}; set MSKCDS_DATA_DIR (or "
+                              f"{setting}) to a writable place") from None
+        # A small pool per process (the store rebuilds the engine after a fork).
+        engine = create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=8,
+                               pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                             "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:
+            # Take transaction control from the sqlite3 module: we say BEGIN ourselves.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA synchronous={synchronous}")  # default; see _sqlite_begin
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # IMMEDIATE: take the write lock at BEGIN (waiting up to busy_timeout), so a
+            # read-then-write transaction never fails on a lock upgrade under concurrency.
+            options = conn.get_execution_options()
+            level = options.get("sqlite_synchronous", synchronous)
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
+
+        return discard_broken_connections(engine)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
+                             pool_timeout=10)
+    raise ConfigError(f"{setting}: unsupported database {parsed.get_backend_name()!r} "
+                      "(use sqlite:///... or postgresql+psycopg://...)")
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "MSKCDS_DATABASE_URL"  # unparsable: never echo it (it may hold a password)

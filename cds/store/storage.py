@@ -42,23 +42,20 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
-                        Table, Text, create_engine, event, false, func, select, text)
+                        Table, Text, false, func, select, text)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from cds.hooks import wire
 from cds.config import Config, ConfigError
-from cds.store.db import (PG_CONNECT_TIMEOUT_SECONDS, ProcessLocalEngine, discard_broken_connections,
-                          upsert_insert)
+from cds.store.db import ProcessLocalEngine, build_engine, describe_url, upsert_insert
 from cds.store.writer import IssuedCardWriter
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 15_000
 #: SQLite sync level of the hot-path issued-card insert. In WAL mode NORMAL survives a killed
 #: process (what gunicorn workers meet) but an OS crash or power cut may lose the last few
 #: records; it costs ~0.5-1 ms per call where FULL (an fsync per commit) costs ~6 ms (see
@@ -155,66 +152,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# --------------------------------------------------------------------------- engines
-def build_engine(url: str) -> Engine:
-    """A new engine for this process (SQLite: WAL, busy timeout, BEGIN IMMEDIATE)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if not database or database == ":memory:":
-            raise ConfigError("MSKCDS_DATABASE_URL: an in-memory SQLite database cannot be shared "
-                              "by workers; give a file path (sqlite:////path/mskcds.sqlite3)")
-        try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {Path(database).parent} for the SQLite database: "
-                              f"{exc.strerror or exc}; set MSKCDS_DATA_DIR (or "
-                              "MSKCDS_DATABASE_URL) to a writable place") from None
-        # A small pool per process (the store rebuilds the engine after a fork).
-        engine = create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=8,
-                               pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                             "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:
-            # Take transaction control from the sqlite3 module: we say BEGIN ourselves.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=FULL")  # default; see _sqlite_begin
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # IMMEDIATE: take the write lock at BEGIN (waiting up to busy_timeout), so a
-            # read-then-write transaction never fails on a lock upgrade under concurrency.
-            options = conn.get_execution_options()
-            conn.exec_driver_sql(f"PRAGMA synchronous={options.get('sqlite_synchronous', 'FULL')}")
-            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'IMMEDIATE')}")
-
-        return discard_broken_connections(engine)
-    if parsed.get_backend_name() == "postgresql":
-        if parsed.get_driver_name() != "psycopg":
-            # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
-                             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
-                             pool_timeout=10)
-    raise ConfigError(f"MSKCDS_DATABASE_URL: unsupported database {parsed.get_backend_name()!r} "
-                      "(use sqlite:///... or postgresql+psycopg://...)")
-
-
-def describe_url(url: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "MSKCDS_DATABASE_URL"  # unparsable: never echo it (it may hold a password)
-
-
+# --------------------------------------------------------------------------- database errors
 def explain_database_error(exc: Exception, url: str | None) -> str:
     """One line for an operator: what failed, on which database (no password), what to do."""
     if isinstance(exc, ArgumentError):
