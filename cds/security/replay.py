@@ -113,8 +113,11 @@ class SqlReplayCache:
     def _build_engine(self) -> Engine:
         # The service's one engine factory; NORMAL: no fsync per commit in WAL (a replay
         # record lost to a power cut lets one token be replayed within its short lifetime).
+        # PostgreSQL: the small pool the cache always had (a larger one with a shorter wait
+        # held requests past 5 s while the server was down: test_hardening_stores).
         return build_engine(self.url.render_as_string(hide_password=False),
-                            setting="MSKCDS_REPLAY_CACHE_URL", synchronous="NORMAL")
+                            setting="MSKCDS_REPLAY_CACHE_URL", synchronous="NORMAL",
+                            pg_pool=(2, 4, 30.0))
 
     def _upsert(self, key: str, expires_at: float, now: float) -> Any:
         """INSERT, or take over an EXPIRED row with the same key; a live row is left alone."""

@@ -101,8 +101,8 @@ def upsert_insert(dialect: str, table: Table) -> Any:
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
-def build_engine(url: str, *, setting: str = "MSKCDS_DATABASE_URL",
-                 synchronous: str = "FULL") -> Engine:
+def build_engine(url: str, *, setting: str = "MSKCDS_DATABASE_URL", synchronous: str = "FULL",
+                 pg_pool: tuple[int, int, float] = (4, 4, 10.0)) -> Engine:
     """A new engine for this process: the one engine factory of the service (the feedback
     store and the replay cache both use it).
 
@@ -110,7 +110,8 @@ def build_engine(url: str, *, setting: str = "MSKCDS_DATABASE_URL",
     ``BEGIN IMMEDIATE`` (execution option ``sqlite_begin`` to change it) at ``PRAGMA
     synchronous=<synchronous>`` (execution option ``sqlite_synchronous`` per transaction);
     connections that failed read-only, broken or locked are discarded. PostgreSQL: psycopg 3,
-    pre-ping. ``setting`` names the variable the URL came from, for the messages.
+    pre-ping, a connect timeout and ``pg_pool`` = (pool size, overflow, seconds to wait for a
+    pooled connection). ``setting`` names the variable the URL came from, for the messages.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -155,9 +156,10 @@ def build_engine(url: str, *, setting: str = "MSKCDS_DATABASE_URL",
         if parsed.get_driver_name() != "psycopg":
             # The one PostgreSQL driver we install is psycopg 3 (postgresql:// would mean psycopg2).
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4,
+        size, overflow, wait = pg_pool
+        return create_engine(parsed, pool_pre_ping=True, pool_size=size, max_overflow=overflow,
                              connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
-                             pool_timeout=10)
+                             pool_timeout=wait)
     raise ConfigError(f"{setting}: unsupported database {parsed.get_backend_name()!r} "
                       "(use sqlite:///... or postgresql+psycopg://...)")
 
