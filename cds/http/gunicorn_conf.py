@@ -6,6 +6,8 @@
 and empties the metrics directory the workers share, and drops a dead worker's live
 metric files.
 """
+from typing import Any
+
 from cds import metrics
 
 metrics.prepare_multiprocess_dir()
@@ -13,5 +15,5 @@ metrics.prepare_multiprocess_dir()
 preload_app = True
 
 
-def child_exit(server, worker):  # noqa: D103 - gunicorn hook
+def child_exit(server: Any, worker: Any) -> None:  # noqa: D103 - gunicorn hook
     metrics.mark_process_dead(worker.pid)

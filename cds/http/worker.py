@@ -131,7 +131,7 @@ class BufferedThreadWorker(ThreadWorker):
         def default_headers(self: Any) -> list[str]:
             return [h for h in original(self) if not h.startswith("Server:")]
         default_headers.mskcds = True  # type: ignore[attr-defined]
-        gwsgi.Response.default_headers = default_headers  # type: ignore[method-assign]
+        gwsgi.Response.default_headers = default_headers
 
     def _write_error(self, sock: Any, status_int: int, reason: str, mesg: str) -> None:
         util.write_nonblock(sock, error_bytes(status_int, self.mskcds_cors_any))

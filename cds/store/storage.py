@@ -469,11 +469,11 @@ class SqlStore:
             queued = self.writer.pending(missing) if (missing and self.writer) else {}
             if queued:
                 conn.execute(_insert_ignore(conn, issued_cards, "card_uuid"), list(queued.values()))
-                for card_id, row in queued.items():
-                    if owner is None or (row["client_iss"], row["tenant"]) == (owner.iss,
-                                                                              owner.tenant):
-                        known[card_id] = _Known(row["card_uuid"], row["service_id"],
-                                                row["suggestion_uuids"])
+                for card_id, record in queued.items():
+                    if owner is None or (record["client_iss"], record["tenant"]) == (owner.iss,
+                                                                                    owner.tenant):
+                        known[card_id] = _Known(record["card_uuid"], record["service_id"],
+                                                record["suggestion_uuids"])
             issues: list[Issue] = []
             unknown = 0
             rows: list[dict[str, Any]] = []
