@@ -32,6 +32,7 @@ class Kind(StrEnum):
     BODY_HEIGHT = "body-height"              # clinical.sarcopenia: ASM index, BMI
     BODY_WEIGHT = "body-weight"              # clinical.sarcopenia: BMI
     BMI = "bmi"                              # clinical.sarcopenia: ALM/BMI
+    EGFR = "egfr"                            # clinical.orders: kidney limits of the drug labels
 
 
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
