@@ -18,8 +18,10 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 from cds.cards import builder as cards_mod
 from cds.clinical import evaluate as evaluate_mod
 from cds.clinical.facts import PatientFacts
+from cds.clinical import orders as orders_mod
 from cds.fhir import gather as gather_mod
 from cds.fhir import normalize as normalize_mod
+from cds.fhir import orders as draft_mod
 from cds.hooks import wire
 from cds import metrics
 from cds.config import Config
@@ -62,10 +64,11 @@ class Engine:
         self.rule_pages_url = (base_url(config.public_base_url) + "/rules"
                                if config.public_base_url else None)
         #: The evaluators a declaration in cds.hooks.services may name.
-        self.evaluators: dict[str, Evaluator] = {"patient-record": self._patient_record}
+        self.evaluators: dict[str, Evaluator] = {"patient-record": self._patient_record,
+                                                 "draft-orders": self._draft_orders}
         templates = self.rules.prefetch_templates()
         self.services = ServiceRegistry(
-            resolve(declaration, text=self.rules.service_text(), templates=templates,
+            resolve(declaration, text=self.rules.service_text(declaration.id), templates=templates,
                     hooks=wire.CONTEXT_SCHEMAS, evaluators=self.evaluators)
             for declaration in declarations)
         wire.check_outgoing(wire.DiscoverySchema(), self.discovery(), "discovery document")
@@ -153,6 +156,24 @@ class Engine:
                         resources: list[dict[str, Any]]) -> dict[str, Any]:
         """The patient's record (prefetch or FHIR server) → cards."""
         return self.evaluate_resources(resources, request["context"]["patientId"])
+
+    def _draft_orders(self, request: Mapping[str, Any],
+                      resources: list[dict[str, Any]]) -> dict[str, Any]:
+        """order-select / order-sign: the draft orders (only the selected ones for order-select)
+        against the patient's record → cards. A record resource with a draft order's Type/id is
+        the draft itself (an EHR may store drafts): it is left out of the record."""
+        context = request["context"]
+        selections = context.get("selections") if request["hook"] == "order-select" else None
+        drafts = draft_mod.read_drafts(context["draftOrders"], selections, self.rules)
+        draft_refs = wire.draft_order_refs(context["draftOrders"])
+        record = [r for r in resources
+                  if f"{r.get('resourceType')}/{r.get('id')}" not in draft_refs]
+        facts = normalize_mod.normalize(record, context["patientId"], self.rules, as_of=self._today())
+        findings = orders_mod.evaluate_orders(facts, drafts.orders, self.rules)
+        cards = cards_mod.build_cards(findings, facts, self.rules)
+        response = {"cards": cards}
+        wire.check_response(response, cards_checked=True)
+        return response
 
     def evaluate_resources(self, resources: Iterable[Mapping[str, Any]],
                            patient_id: str) -> dict[str, Any]:

@@ -65,12 +65,13 @@ class Example:
 
 # Unit display strings (Quantity.unit), by UCUM code.
 UNIT_TEXT = {"ng/mL": "ng/mL", "nmol/L": "nmol/L", "{T-score}": "T-score", "{Z-score}": "Z-score",
-             "g/cm2": "g/cm2", "kg": "kg", "kg/m2": "kg/m2", "m/s": "m/s", "cm": "cm", "m": "m"}
+             "g/cm2": "g/cm2", "kg": "kg", "kg/m2": "kg/m2", "m/s": "m/s", "cm": "cm", "m": "m",
+             "mL/min/{1.73_m2}": "mL/min/1.73m2", "mg/dL": "mg/dL"}
 CATEGORY = {"vitamin-d-25oh": "laboratory", "t-score": "imaging", "z-score": "imaging",
             "bmd": "imaging", "appendicular-lean-mass": "imaging",
             "appendicular-lean-mass-index": "imaging", "grip-strength": "exam",
             "gait-speed": "exam", "body-height": "vital-signs", "body-weight": "vital-signs",
-            "bmi": "vital-signs"}
+            "bmi": "vital-signs", "egfr": "laboratory", "serum-calcium": "laboratory"}
 
 
 def born(years_before: int, anchor: date, month: int = 3, day: int = 14) -> date:

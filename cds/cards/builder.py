@@ -264,12 +264,19 @@ def _suggestions(finding: Finding, facts: PatientFacts, rules: Rules, title: str
             continue   # the code this suggestion needs is not in the value sets: no suggestion
         if _uses_empty_regimen(resource):
             continue   # a dosing suggestion without a guideline regimen is never offered
+        resource.setdefault("id", str(uuid.uuid4()))   # a create carries a resource with an id
         item: dict[str, Any] = {"label": tmpl.label, "uuid": str(uuid.uuid4()),
                                 "actions": [{"type": "create", "description": tmpl.action,
                                              "resource": resource}]}
         if tmpl.recommended:
             item["isRecommended"] = True
         out.append(item)
+    draft = getattr(finding.variables, "delete", None)
+    if draft:   # an order finding whose card offers to remove the draft order it is about
+        labels = rules.cards.labels
+        out.insert(0, {"label": labels.delete_order, "uuid": str(uuid.uuid4()),
+                       "actions": [{"type": "delete", "description": labels.delete_action,
+                                    "resourceId": draft}]})
     return out
 
 

@@ -87,6 +87,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _service_for(engine: Any, document: Any, hook: str | None) -> str:
+    """The first service that answers the request's hook (or --hook for a Bundle): an
+    order-select or order-sign request goes to the order checks, patient-view to the record."""
+    wanted = hook or (document.get("hook") if isinstance(document, dict) else None) or "patient-view"
+    for service_id in engine.services:
+        if engine.services[service_id].hook == wanted:
+            return str(service_id)
+    return "bone-muscle-health"
+
+
 def _engine_and_request(args: argparse.Namespace, *,
                         default_hook: bool) -> tuple[Config, Any, Any, Any]:
     """(config, engine, service, request) for ``args.file``: a CDS Hooks request, or a FHIR
@@ -96,14 +106,15 @@ def _engine_and_request(args: argparse.Namespace, *,
 
     config = Config.from_env()
     engine = Engine(config)
-    if args.service not in engine.services:
-        raise CliError(f"no service {args.service!r}; the services are: "
-                       f"{', '.join(engine.services)}", status=2)
-    service = engine.service(args.service)
     try:
         document = json.loads(Path(args.file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read {args.file}: {exc}", status=2) from None
+    service_id = getattr(args, "service", None) or _service_for(engine, document, args.hook)
+    if service_id not in engine.services:
+        raise CliError(f"no service {service_id!r}; the services are: "
+                       f"{', '.join(engine.services)}", status=2)
+    service = engine.service(service_id)
     if isinstance(document, dict) and document.get("resourceType") == "Bundle":
         hook = args.hook or (service.hook if default_hook else None)
         if not hook:
@@ -229,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("file", help="a CDS Hooks request (JSON) or a FHIR Bundle")
     evaluate.add_argument("--hook", help="with a FHIR Bundle: the hook to simulate, e.g. "
                           "patient-view")
-    evaluate.add_argument("--service", default="bone-muscle-health",
-                          help="the service id to call (GET /cds-services lists them)")
+    evaluate.add_argument("--service", help="the service id to call (GET /cds-services lists them; "
+                          "default: the one that answers the request's hook)")
     evaluate.add_argument("--pretty", action="store_true", help="indent the JSON")
     evaluate.set_defaults(func=_cmd_evaluate)
 

@@ -89,8 +89,82 @@ class OsteosarcopeniaVariables:
     sarcopenia: "Finding"      # the sarcopenia finding it combines
 
 
+# --------------------------------------------------------------------------- order findings
+# Every order finding names the draft order it is about ({order}: its text or coding display)
+# and, when its card offers to delete that draft, ``delete``: the draft's "Type/id".
+@dataclass(frozen=True)
+class OrderValueVariables:
+    date: date                 # the day of the value used
+    order: str
+    value: Measurement
+    unit: str
+    limit: str                 # the cut-off, as text ("< 20 ng/mL")
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class KidneyVariables(OrderValueVariables):
+    pass
+
+
+@dataclass(frozen=True)
+class DoseVariables(OrderValueVariables):
+    dose: str                  # the daily dose read from the order ("50000 IU/day")
+
+
+@dataclass(frozen=True)
+class NoResultVariables:
+    date: date                 # today
+    order: str
+    months: str                # how far back a result was looked for
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class DuplicateVariables:
+    date: date                 # when the product on record was ordered (else today)
+    order: str
+    other: str                 # the product on record
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class RepeatTestVariables:
+    date: date                 # the day of the last result
+    order: str
+    days: int                  # days since then
+    interval: int              # the rule-file interval, days
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class LowValueTestVariables:
+    date: date                 # today
+    order: str
+    age: int
+    sex: str | None
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class DrugBoneVariables:
+    date: date                 # today
+    order: str
+    delete: str | None
+
+
+@dataclass(frozen=True)
+class GlucocorticoidVariables:
+    date: date                 # today
+    order: str
+    dose: str                  # prednisone-equivalent mg/day
+    days: int                  # days at or above the limit
+    delete: str | None
+
+
 Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
-                  OsteosarcopeniaVariables]
+                  OsteosarcopeniaVariables, OrderValueVariables, NoResultVariables, DuplicateVariables,
+                  RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables]
 
 #: finding code → the dataclass of its variables (each code is made with exactly this type)
 FINDING_VARIABLES: Mapping[str, type] = {
@@ -102,6 +176,16 @@ FINDING_VARIABLES: Mapping[str, type] = {
     Code.LOW_MUSCLE_MASS: SarcopeniaVariables, Code.SARCOPENIA_PROBABLE: SarcopeniaVariables,
     Code.SARCOPENIA_CONFIRMED: SarcopeniaVariables, Code.SARCOPENIA_SEVERE: SarcopeniaVariables,
     Code.OSTEOSARCOPENIA: OsteosarcopeniaVariables,
+    Code.ORDER_ANTIRESORPTIVE_LOW_VITAMIN_D: OrderValueVariables,
+    Code.ORDER_ANTIRESORPTIVE_NO_VITAMIN_D: NoResultVariables,
+    Code.ORDER_ANTIRESORPTIVE_KIDNEY: KidneyVariables, Code.ORDER_DENOSUMAB_KIDNEY: KidneyVariables,
+    Code.ORDER_VITAMIN_D_HIGH_DOSE: DoseVariables, Code.ORDER_VITAMIN_D_DUPLICATE: DuplicateVariables,
+    Code.ORDER_VITAMIN_D_RETEST: RepeatTestVariables,
+    Code.ORDER_VITAMIN_D_TEST_LOW_VALUE: LowValueTestVariables,
+    Code.ORDER_DXA_REPEAT: RepeatTestVariables, Code.ORDER_DXA_LOW_VALUE: LowValueTestVariables,
+    Code.ORDER_GLUCOCORTICOID_BONE_PROTECTION: GlucocorticoidVariables,
+    Code.ORDER_AROMATASE_INHIBITOR_BONE_HEALTH: DrugBoneVariables,
+    Code.ORDER_ADT_BONE_HEALTH: DrugBoneVariables,
 }
 
 

@@ -18,15 +18,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Mapping
 
+from cds.knowledge.orders import DIMENSIONS, DoseUnit
+
 #: The dimensions a dose can be in (base units: mg, IU, mL, one product unit).
-MASS, IU, VOLUME, COUNT = "mass", "iu", "volume", "count"
-DIMENSIONS = (MASS, IU, VOLUME, COUNT)
-
-
-@dataclass(frozen=True)
-class DoseUnit:
-    dimension: str        # one of DIMENSIONS
-    factor: float         # amount × factor = amount in the dimension's base unit
+MASS, IU, VOLUME, COUNT = DIMENSIONS
 
 
 @dataclass(frozen=True)
@@ -231,6 +226,4 @@ def read_plan(order: Mapping[str, Any], dose_units: Mapping[str, DoseUnit],
     return DosagePlan(phases=tuple(phases), supply_days=supply)
 
 
-def dose_units_from(table: Mapping[str, Mapping[str, Any]]) -> dict[str, DoseUnit]:
-    return {code: DoseUnit(str(v["dimension"]), float(v["factor"])) for code, v in table.items()}
 

@@ -295,6 +295,16 @@ def _validated(model: Any, value: Any, prefix: str = "") -> None:
         raise _Drop(outcome)
 
 
+def r4_problem(model: Any, resource: Mapping[str, Any], elements: tuple[str, ...]) -> str:
+    """'' when the ``elements`` of ``resource`` are valid for the R4B ``model``, else a reason
+    naming the fields (never values). Outcomes are cached like every other validation here."""
+    try:
+        _validated(model, {k: resource[k] for k in elements if k in resource})
+    except _Drop as why:
+        return str(why)
+    return ""
+
+
 def _check_model(model: Any, value: Any, prefix: str) -> str:
     """'' when ``value`` is a valid ``model``, else a reason naming the fields (never values)."""
     try:
@@ -634,28 +644,39 @@ def _medication_concept(res: Mapping[str, Any],
     return med.get("code") if med else None
 
 
-def _medication_hits(concept: Any, term: Terminology) -> dict[str, tuple[str, str]]:
-    """category → (matched "system|code" or "text|keyword", display): on code, else on the
-    value set's text keywords in the codings' display or the concept's text."""
+def concept_texts(concept: Any) -> list[str]:
+    """A CodeableConcept's coding displays and text, lower-cased (what text matching reads)."""
+    candidates = [c.get("display") for c in _codings(concept)]
+    if isinstance(concept, Mapping):
+        candidates.append(concept.get("text"))
+    return [t.lower() for t in candidates if isinstance(t, str)]
+
+
+def medication_hits(concept: Any, term: Terminology) -> dict[str, tuple[str, str]]:
+    """Medication category → (matched "system|code" or "text|<keyword>", display): the codes of
+    the concept, else (no code known) the value sets' text keywords in its text and displays."""
     hits: dict[str, tuple[str, str]] = {}
-    codings = _codings(concept)
-    for c in codings:
+    for c in _codings(concept):
         for cat in term.medication_categories(c.get("system"), c.get("code")):
             hits.setdefault(cat.category, (cat.key, cat.display))
     if not hits and term.medication_keywords:
-        candidates = [c.get("display") for c in codings]
-        if isinstance(concept, Mapping):
-            candidates.append(concept.get("text"))
-        texts = [t.lower() for t in candidates if isinstance(t, str)]
+        texts = concept_texts(concept)
         for keyword, category in term.medication_keywords:
             if category not in hits and any(keyword in t for t in texts):
                 hits[category] = (f"text|{keyword}", keyword)
     return hits
 
 
+def medication_concept(res: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The medication a MedicationRequest/-Statement names (inline, contained or a Medication
+    resource in ``medications`` keyed "Medication/<id>")."""
+    return _medication_concept(res, medications)
+
+
 def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Terminology,
                 medications: Mapping[str, Mapping[str, Any]]) -> list[MedicationFact]:
-    hits = _medication_hits(_medication_concept(res, medications), term)
+    concept = _medication_concept(res, medications)
+    hits = medication_hits(concept, term)
     if not hits:
         return []
     _check_subject(res, patient_id)

@@ -34,6 +34,11 @@ class ServiceDeclaration:
 SERVICES: tuple[ServiceDeclaration, ...] = (
     ServiceDeclaration(id="bone-muscle-health", hook="patient-view", evaluator="patient-record",
                        prefetch=("patient", "observations", "conditions", "medications")),
+    # Order checks: the draft orders in the context against the same record (rules/orders.yaml).
+    ServiceDeclaration(id="bone-health-order-select", hook="order-select", evaluator="draft-orders",
+                       prefetch=("patient", "observations", "conditions", "medications")),
+    ServiceDeclaration(id="bone-health-order-sign", hook="order-sign", evaluator="draft-orders",
+                       prefetch=("patient", "observations", "conditions", "medications")),
 )
 
 

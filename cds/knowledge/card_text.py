@@ -87,6 +87,8 @@ class CardLabels:
     patient: str
     age: str                                  # "{age} years"
     sex: Mapping[str, str]
+    delete_order: str                         # label of the suggestion that deletes a draft order
+    delete_action: str                        # its action's description
     rule_page: str = "{title}"                # the card's link to its finding's rule page
     results: Mapping[str, str] = field(default_factory=dict)
     criteria: Mapping[str, str] = field(default_factory=dict)
@@ -144,7 +146,7 @@ class SuggestionTemplate:
 
 @dataclass(frozen=True)
 class CardRules:
-    service: Mapping[str, str]
+    service: Mapping[str, str]                # the patient-view service (and any not in services)
     finding_system: str
     override_system: str
     override_reasons: Mapping[str, str]
@@ -155,6 +157,7 @@ class CardRules:
     units: Mapping[str, str]
     findings: Mapping[str, CardText]
     suggestions: Mapping[str, SuggestionTemplate]
+    services: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # service id → text
 
 
 # --------------------------------------------------------------------------- schemas
@@ -258,6 +261,8 @@ class LabelsSchema(Strict):
     age = fields.String(required=True)
     sex = fields.Dict(keys=fields.String(validate=validate.OneOf(["male", "female"])),
                       values=fields.String(), required=True)
+    delete_order = fields.String(required=True, validate=validate.Length(min=3))
+    delete_action = fields.String(required=True, validate=validate.Length(min=3))
     results = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     criteria = fields.Dict(keys=fields.String(validate=validate.OneOf(CRITERIA)),
                            values=fields.String(), load_default=dict)
@@ -285,6 +290,8 @@ def _all_of(names: tuple[str, ...]) -> Any:
 class CardsFileSchema(Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
     service = fields.Nested(ServiceTextSchema, required=True)
+    services = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9\-_.]+$")),
+                           values=fields.Nested(ServiceTextSchema), load_default=dict)
     finding_system = fields.String(required=True, validate=_SYSTEM)
     override_reasons = fields.Nested(OverrideReasonsSchema, required=True)
     labels = fields.Nested(LabelsSchema, required=True)
@@ -308,6 +315,8 @@ class CardsFileSchema(Strict):
         reasons = data["override_reasons"]
         return CardRules(
             service={k: " ".join(v.split()) for k, v in data["service"].items()},
+            services={sid: {k: " ".join(v.split()) for k, v in text.items()}
+                      for sid, text in data["services"].items()},
             finding_system=data["finding_system"], override_system=reasons["system"],
             override_reasons=dict(reasons["codes"]), labels=data["labels"], kinds=dict(data["kinds"]),
             measures=dict(data["measures"]), sites=dict(data["sites"]), units=dict(data["units"]),

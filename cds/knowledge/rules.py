@@ -23,6 +23,7 @@ from cds.knowledge.bone import BoneRules
 from cds.knowledge.card_text import CardRules, CardText
 from cds.knowledge.citations import Citation
 from cds.knowledge.loader import RulesError, UnknownProfileError, load_file
+from cds.knowledge.orders import OrderRules, load_orders
 from cds.knowledge.sarcopenia import SarcopeniaRules
 from cds.knowledge.terminology import Terminology, load_terminology
 from cds.knowledge.vitamin_d import VitaminDRules
@@ -41,13 +42,15 @@ class Rules:
     sarcopenia: SarcopeniaRules
     cards: CardRules
     terminology: Terminology
+    orders: OrderRules
 
     def prefetch_templates(self) -> dict[str, str]:
         return dict(self.terminology.prefetch_templates())
 
-    def service_text(self) -> dict[str, str]:
-        """Title and description of the CDS service (rules/cards.yaml ``service:``)."""
-        return dict(self.cards.service)
+    def service_text(self, service_id: str | None = None) -> dict[str, str]:
+        """Title and description of a CDS service (rules/cards.yaml ``services.<id>``, else
+        ``service:``)."""
+        return dict(self.cards.services.get(service_id or "", self.cards.service))
 
     def orderable(self, name: str) -> dict[str, str] | None:
         try:
@@ -87,8 +90,9 @@ def load_rules(config: Config, *, terminology: Terminology | None = None) -> Rul
     sarcopenia = _select(paths["sarcopenia"], sarc_profiles, config.sarcopenia_profile,
                          "MSKCDS_SARCOPENIA_PROFILE")
     cards = card_text.check_cards(paths["cards"], cards, citations, terminology.orderable)
+    orders = load_orders(rules_dir, citations, terminology)
     rules = Rules(source_dir=rules_dir, citations=citations, vitamin_d=vitamin_d, bone=bone,
-                  sarcopenia=sarcopenia, cards=cards, terminology=terminology)
+                  sarcopenia=sarcopenia, cards=cards, terminology=terminology, orders=orders)
     _check_categories(paths, rules)
     return rules
 

@@ -76,9 +76,26 @@ class Code(StrEnum):
     SARCOPENIA_CONFIRMED = "sarcopenia-confirmed"
     SARCOPENIA_SEVERE = "sarcopenia-severe"
     OSTEOSARCOPENIA = "osteosarcopenia"
+    # order checks (clinical.orders, rules/orders.yaml): about one draft order each
+    ORDER_ANTIRESORPTIVE_LOW_VITAMIN_D = "order-antiresorptive-low-vitamin-d"
+    ORDER_ANTIRESORPTIVE_NO_VITAMIN_D = "order-antiresorptive-no-vitamin-d"
+    ORDER_ANTIRESORPTIVE_KIDNEY = "order-antiresorptive-kidney"
+    ORDER_DENOSUMAB_KIDNEY = "order-denosumab-kidney"
+    ORDER_VITAMIN_D_HIGH_DOSE = "order-vitamin-d-high-dose"
+    ORDER_VITAMIN_D_DUPLICATE = "order-vitamin-d-duplicate"
+    ORDER_VITAMIN_D_RETEST = "order-vitamin-d-retest"
+    ORDER_VITAMIN_D_TEST_LOW_VALUE = "order-vitamin-d-test-low-value"
+    ORDER_DXA_REPEAT = "order-dxa-repeat"
+    ORDER_DXA_LOW_VALUE = "order-dxa-low-value"
+    ORDER_GLUCOCORTICOID_BONE_PROTECTION = "order-glucocorticoid-bone-protection"
+    ORDER_AROMATASE_INHIBITOR_BONE_HEALTH = "order-aromatase-inhibitor-bone-health"
+    ORDER_ADT_BONE_HEALTH = "order-adt-bone-health"
 
 
 FINDINGS: tuple[str, ...] = tuple(c.value for c in Code)
+#: the findings the order checks make (clinical.orders); the others are patient-view findings
+ORDER_FINDINGS: tuple[str, ...] = tuple(c.value for c in Code if c.value.startswith("order-"))
+PATIENT_VIEW_FINDINGS: tuple[str, ...] = tuple(f for f in FINDINGS if f not in ORDER_FINDINGS)
 #: the findings vitamin_d.yaml bands may name
 VITAMIN_D_FINDINGS: tuple[str, ...] = (Code.VITAMIN_D_DEFICIENCY, Code.VITAMIN_D_INSUFFICIENCY,
                                        Code.VITAMIN_D_EXCESS)
@@ -96,13 +113,17 @@ class Flag(StrEnum):
     MASS_INDETERMINATE = "mass-indeterminate"  # muscle mass measured but not classifiable
     GAIT_NOT_MEASURED = "gait-not-measured"    # sarcopenia confirmed, gait speed not on record
     NO_ADULT_REGIMEN = "no-adult-regimen"      # vitamin D: not known to be old enough for the adult regimen
+    TEST_PENDING = "test-pending"              # order checks: the test a card would suggest is already drafted
+    STAND_IN_EGFR = "stand-in-egfr"            # order checks: eGFR read in place of the label's creatinine clearance
+    DXA_RECENT = "dxa-recent"                  # order checks: a DXA from the last 2 years is on record
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)
 INDICATORS: tuple[str, ...] = ("info", "warning", "critical")
 
 #: Rows of "How it was classified" that are not a kind or a measure (cards.yaml labels.criteria).
-CRITERIA: tuple[str, ...] = ("age", "site", "kidney-failure", "no-adult-regimen")
+CRITERIA: tuple[str, ...] = ("age", "site", "kidney-failure", "no-adult-regimen",
+                             "vitamin-d-dose", "prednisone-equivalent", "duration")
 
 #: Placeholders every card text may use besides its finding's variables: the card's title.
 CARD_VARIABLES: frozenset[str] = frozenset({"title"})

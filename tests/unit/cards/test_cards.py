@@ -22,7 +22,7 @@ from cds.engine import Engine
 from cds.clinical.evaluate import evaluate
 from cds.fhir.normalize import normalize
 from cds.knowledge.rules import load_rules
-from cds.knowledge.vocabulary import FINDINGS
+from cds.knowledge.vocabulary import PATIENT_VIEW_FINDINGS
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "fhir_examples"
@@ -48,7 +48,7 @@ def verified_orderables():
     return {(systems[o["system"]], str(o["code"])) for o in VALUESETS["orderables"].values()}
 
 
-FINDING_EXAMPLES = [f for f in FINDINGS]
+FINDING_EXAMPLES = list(PATIENT_VIEW_FINDINGS)   # order findings: tests/http/test_order_hooks.py
 
 
 @pytest.mark.parametrize("finding", FINDING_EXAMPLES)

@@ -51,7 +51,8 @@ def test_a_second_declaration_is_listed_and_answered_by_its_evaluator(config, ru
                                evaluator="patient-record", prefetch=("patient", "observations"))
     engine = Engine(config, rules=rules, declarations=(*SERVICES, extra))
     listed = {s["id"]: s for s in engine.discovery()["services"]}
-    assert list(listed) == ["bone-muscle-health", "bone-muscle-health-lite"]
+    assert list(listed) == ["bone-muscle-health", "bone-health-order-select", "bone-health-order-sign",
+                            "bone-muscle-health-lite"]
     assert set(listed["bone-muscle-health-lite"]["prefetch"]) == {"patient", "observations"}
     assert listed["bone-muscle-health-lite"]["prefetch"]["observations"] == \
         listed["bone-muscle-health"]["prefetch"]["observations"]

@@ -211,9 +211,14 @@ def test_discovery_text_lives_in_rules(rules_copy):
     from cds.engine import Engine
 
     edit(rules_copy / "cards.yaml", lambda d: d["service"].update(title="Knochen und Muskeln"))
-    (service,) = Engine(Config(rules_dir=rules_copy)).discovery()["services"]
+    edit(rules_copy / "cards.yaml", lambda d: d["services"]["bone-health-order-sign"].update(
+        title="Knochen: Anordnungen vor der Unterschrift"))
+    services = {s["id"]: s for s in Engine(Config(rules_dir=rules_copy)).discovery()["services"]}
+    service = services["bone-muscle-health"]
     assert service["title"] == "Knochen und Muskeln"
     assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    assert services["bone-health-order-sign"]["title"] == "Knochen: Anordnungen vor der Unterschrift"
+    assert services["bone-health-order-select"]["title"] != services["bone-health-order-sign"]["title"]
 
 
 def test_long_summary_is_cut_below_140_characters(rules_copy):

@@ -124,7 +124,9 @@ def test_every_kind_is_read_by_the_clinical_code():
                     and node.value.id == "Kind":
                 used.add(Kind[node.attr].value)
     rules = load_rules(Config())
-    named_by_rules = {rules.vitamin_d.kind, *rules.bone.screening_kinds}
+    named_by_rules = {rules.vitamin_d.kind, *rules.bone.screening_kinds,
+                      *(k.kind for k in rules.orders.kidney), *rules.orders.dxa.kinds,
+                      *(kind for kind, _ in rules.orders.dxa.risk_observations)}
     assert set(KINDS) == used | named_by_rules | set(RECOGNISED_ONLY)
     assert not (used | named_by_rules) & set(RECOGNISED_ONLY), "read after all: drop it there"
 
