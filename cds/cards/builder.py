@@ -264,8 +264,9 @@ def _suggestions(finding: Finding, facts: PatientFacts, rules: Rules, title: str
             continue   # the code this suggestion needs is not in the value sets: no suggestion
         if _uses_empty_regimen(resource):
             continue   # a dosing suggestion without a guideline regimen is never offered
-        resource.setdefault("id", str(uuid.uuid4()))   # a create carries a resource with an id
-        item: dict[str, Any] = {"label": tmpl.label, "uuid": str(uuid.uuid4()),
+        suggestion_id = str(uuid.uuid4())
+        resource.setdefault("id", suggestion_id)   # a create carries a resource with an id
+        item: dict[str, Any] = {"label": tmpl.label, "uuid": suggestion_id,
                                 "actions": [{"type": "create", "description": tmpl.action,
                                              "resource": resource}]}
         if tmpl.recommended:

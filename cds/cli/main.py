@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("file", help="a CDS Hooks request (JSON) or a FHIR Bundle")
     evaluate.add_argument("--hook", help="with a FHIR Bundle: the hook to simulate, e.g. "
                           "patient-view")
-    evaluate.add_argument("--service", help="the service id to call (GET /cds-services lists them; "
+    evaluate.add_argument("--service", default=argparse.SUPPRESS,
+                          help="the service id to call (GET /cds-services lists them; "
                           "default: the one that answers the request's hook)")
     evaluate.add_argument("--pretty", action="store_true", help="indent the JSON")
     evaluate.set_defaults(func=_cmd_evaluate)

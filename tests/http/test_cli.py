@@ -32,7 +32,11 @@ def without_uuids(body: Any) -> Any:
     for card in body.get("cards", []) if isinstance(body, dict) else []:
         assert card.pop("uuid", None), "every card carries a uuid"
         for suggestion in card.get("suggestions", []):
-            assert suggestion.pop("uuid", None), "every suggestion carries a uuid"
+            sid = suggestion.pop("uuid", None)
+            assert sid, "every suggestion carries a uuid"
+            for action in suggestion["actions"]:   # a created resource's id is its suggestion's uuid
+                if action["type"] == "create":
+                    assert action["resource"].pop("id") == sid
     return body
 
 

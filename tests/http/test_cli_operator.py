@@ -167,7 +167,7 @@ def test_keygen_never_overwrites_a_key(tmp_path):
 @pytest.mark.parametrize("command, expected", [
     ("serve", ["--host", "(default: 127.0.0.1)", "--port", "(default: 8080)",
                "--workers", f"(default: {default_workers()})", "--threads", "(default: 4)"]),
-    ("evaluate", ["--service", "(default: bone-muscle-health)", "--pretty", "indent",
+    ("evaluate", ["--service", "default: the one that answers the request's hook", "--pretty", "indent",
                   "--hook"]),
     ("migrate", ["--revision", "(default: head)"]),
     ("feedback-report", ["--format", "(default: table)", "--from", "--to"]),

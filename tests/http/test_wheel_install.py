@@ -132,7 +132,8 @@ def test_serve_answers_discovery_from_the_wheel(installed):
                 time.sleep(0.2)
         assert answer is not None, log.read_text(errors="replace")
         assert answer.status_code == 200
-        assert [s["id"] for s in answer.json()["services"]] == ["bone-muscle-health"]
+        assert [s["id"] for s in answer.json()["services"]] == [
+            "bone-muscle-health", "bone-health-order-select", "bone-health-order-sign"]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
