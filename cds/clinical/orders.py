@@ -20,7 +20,7 @@ from cds.clinical.findings import (Applied, DoseVariables, DrugBoneVariables, Du
                                    Finding, GlucocorticoidVariables, KidneyVariables,
                                    LowValueTestVariables, NoResultVariables, OrderValueVariables,
                                    RepeatTestVariables)
-from cds.fhir.orders import DraftOrder
+from cds.clinical.drafts import DraftOrder
 from cds.knowledge.intervals import Interval, fmt_number
 from cds.knowledge.orders import BoneProtection, OrderRules
 from cds.knowledge.rules import Rules

@@ -21,27 +21,13 @@ from typing import Any, Collection, Iterable, Mapping
 from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceRequest
 
-from cds.fhir.dosage import DosagePlan, read_plan
+from cds.clinical.drafts import DraftOrder
+from cds.fhir.dosage import read_plan
 from cds.fhir.normalize import concept_texts, medication_concept, medication_hits, r4_problem
 
 _MEDICATION_ELEMENTS = ("resourceType", "id", "status", "intent", "subject", "medicationCodeableConcept",
                         "medicationReference", "authoredOn", "dosageInstruction", "dispenseRequest")
 _SERVICE_ELEMENTS = ("resourceType", "id", "status", "intent", "subject", "code", "authoredOn")
-
-
-@dataclass(frozen=True)
-class DraftOrder:
-    ref: str | None                     # "MedicationRequest/<id>" (None: the order has no id)
-    resource_type: str
-    resource_id: str | None
-    checked: bool                       # order-sign: every order; order-select: the selected ones
-    display: str                        # what the order names (text, else a coding display)
-    categories: frozenset[str] = frozenset()   # medication categories (rules/valuesets.yaml)
-    drug: str | None = None             # rules/orders.yaml drug (one, or None)
-    services: frozenset[str] = frozenset()     # test categories (rules/orders.yaml services)
-    codes: tuple[str, ...] = ()         # "system|code" of the ordered item, as sent
-    plan: DosagePlan | None = None      # MedicationRequest only
-    status: str | None = None
 
 
 @dataclass
