@@ -25,7 +25,7 @@ PAGES_FILE = "pages.yaml"
 GROUPS = ("vitamin-d", "vitamin-d-kidney", "vitamin-d-regimen-age", "t-score-osteoporosis",
           "t-score-low-bone-mass", "z-score-below-expected", "t-score-age", "diagnostic-sites",
           "repeat-dxa", "screening-age", "sarcopenia-min-age", "sarcopenia-grip",
-          "sarcopenia-mass", "sarcopenia-gait")
+          "sarcopenia-mass", "sarcopenia-gait", "order-checks")
 
 
 class ReadsSchema(Strict):
@@ -252,6 +252,8 @@ class _Builder:
                     else:
                         out[out.index(existing)] = Table(existing.title, existing.active,
                                                          existing.rows + tuple(rows))
+            elif group == "order-checks":
+                single.extend(self.order_rows(code))
             else:
                 single.extend(self.fixed_rows(group))
         if single:   # rules that are the same under every profile
@@ -320,6 +322,54 @@ class _Builder:
         if group == "sarcopenia-min-age":
             return [self.row(what, s.age_citation, text=years(s.min_age))]
         return []
+
+    def order_rows(self, code: str) -> list[Row]:
+        """The thresholds of an order check (rules/orders.yaml) for finding ``code``."""
+        o, vd, kinds = self.rules.orders, self.rules.vitamin_d, self.cr.kinds
+        a, v, t, d = o.antiresorptive_vitamin_d, o.vitamin_d_dose, o.vitamin_d_test, o.dxa
+        drugs = lambda names: ", ".join(names)  # noqa: E731
+        vitd = kinds.get(vd.kind, vd.kind)
+        rows: dict[str, list[Row]] = {
+            "order-antiresorptive-low-vitamin-d": [
+                self.row(vitd, a.deficient, vd.kind, vd.unit, vd.stated_equivalents),
+                self.row("Drugs", a.deficient, text=drugs(a.drugs))],
+            "order-antiresorptive-no-vitamin-d": [
+                self.row(f"No {vitd} within", a.deficient, text=f"{o.max_age_days[vd.kind]} days"),
+                self.row("Drugs", a.deficient, text=drugs(a.drugs))],
+            "order-vitamin-d-high-dose": [
+                self.row("Vitamin D ordered", v.high_dose, text=v.high_dose.interval.describe("IU/day")),
+                self.row(f"{vitd}: warning", v.warning_level, vd.kind, vd.unit, vd.stated_equivalents),
+                self.row(f"{vitd}: critical", v.critical_level, vd.kind, vd.unit, vd.stated_equivalents),
+                self.row("1 µg vitamin D", v.iu_per_mg_citation, text=f"{v.iu_per_mg / 1000:g} IU")],
+            "order-vitamin-d-duplicate": [
+                self.row("Another vitamin D product active on record", v.duplicate_citation, text="")],
+            "order-vitamin-d-retest": [
+                self.row(f"Last {vitd} less than", t.repeat_citation, text=f"{t.repeat_within_days} days ago")],
+            "order-vitamin-d-test-low-value": [
+                self.row("Age", t.low_value_age, text=t.low_value_age.interval.describe("years")),
+                self.row("No indication on record", t.indication_citation,
+                         text=", ".join(self.category_title("conditions", c) for c in t.indication_conditions))],
+            "order-dxa-repeat": [
+                self.row("Last DXA less than", d.repeat_citation, text=f"{d.repeat_within_days} days ago")],
+            "order-dxa-low-value": [
+                self.row(f"Age ({self.cr.labels.sex.get(d.low_value_sex, d.low_value_sex)})", d.low_value_age,
+                         text=d.low_value_age.interval.describe("years"))],
+        }
+        for k in o.kidney:
+            if k.finding == code:
+                rows.setdefault(code, []).append(
+                    self.row(f"{kinds.get(k.kind, k.kind)}, {k.drug} ({k.indicator})", k.cut,
+                             text=k.cut.interval.describe(self.unit_label("mL/min/{1.73_m2}"))))
+        for b in o.bone_protection:
+            if b.finding != code:
+                continue
+            if b.min_per_day is not None and b.min_days is not None:
+                rows[code] = [self.row("Prednisone-equivalent dose", b.min_per_day,
+                                       text=b.min_per_day.interval.describe("mg/day")),
+                              self.row("For", b.min_days, text=b.min_days.interval.describe("days"))]
+            else:
+                rows[code] = [self.row("No DXA within", b.citation, text=f"{b.dxa_within_days} days")]
+        return rows.get(code, [])
 
     # ------------------------------------------------------------------ codes
     def category_title(self, section: str, name: str) -> str:

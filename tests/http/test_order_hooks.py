@@ -496,3 +496,13 @@ def test_feedback_on_order_cards(server, term):
     # the card was issued by the order-sign service: feedback sent to another service is refused
     r = requests.post(server.url("/cds-services/bone-muscle-health/feedback"), json=accepted, timeout=10)
     assert r.status_code == 400 and "bone-health-order-sign" in r.text
+
+
+# --------------------------------------------------------------------------- rule pages
+@pytest.mark.parametrize("finding,shown", [("order-antiresorptive-kidney", "&lt; 35"),
+                                           ("order-vitamin-d-high-dose", "4000 IU/day"),
+                                           ("order-glucocorticoid-bone-protection", "2.5 mg/day")])
+def test_every_order_check_has_its_rule_page(server, finding, shown):
+    r = requests.get(server.url(f"/rules/{finding}"), timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert shown in r.text or shown.replace("&lt;", "<") in r.text
