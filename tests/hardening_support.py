@@ -135,6 +135,7 @@ class Outcome:
     call: Any                 # status of the service call (or the exception's name)
     feedback: Any = None      # status of the feedback post on its first card (None: none)
     transient_ok: bool = True  # a 503 carried Retry-After and an OperationOutcome 'transient'
+    seconds: float = 0.0      # how long the service call took
 
 
 class Load:
@@ -186,7 +187,8 @@ class Load:
                 self.outcomes.append(Outcome(started, exc.__class__.__name__))
                 session = requests.Session()
                 continue
-            out = Outcome(started, r.status_code, transient_ok=self._transient_ok(r))
+            out = Outcome(started, r.status_code, transient_ok=self._transient_ok(r),
+                          seconds=time.monotonic() - started)
             cards = r.json().get("cards") if r.status_code == 200 else None
             if cards:
                 item = {"card": cards[0]["uuid"], "outcome": "overridden",
