@@ -27,7 +27,7 @@ def _store(config: Config, *, migrate_now: bool = True) -> SqlStore:
 def known_revisions() -> list[str]:
     from alembic.script import ScriptDirectory
 
-    from cds.store.storage import alembic_config
+    from cds.store.migrate import alembic_config
 
     script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
@@ -36,7 +36,8 @@ def known_revisions() -> list[str]:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from alembic.util import CommandError
 
-    from cds.store.storage import describe_url, migrate
+    from cds.store.db import describe_url
+    from cds.store.migrate import migrate
 
     config = Config.from_env()
     known = known_revisions()

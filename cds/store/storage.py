@@ -30,7 +30,6 @@ used when ``MSKCDS_DATABASE_URL`` is ``postgresql+psycopg://...``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +37,6 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
@@ -50,19 +48,17 @@ from sqlalchemy.types import TypeDecorator
 from cds.hooks import wire
 from cds.config import Config, ConfigError
 from cds.store.db import ProcessLocalEngine, build_engine, describe_url, upsert_insert
+from cds.store.migrate import migrate
 from cds.store.writer import IssuedCardWriter
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: SQLite sync level of the hot-path issued-card insert. In WAL mode NORMAL survives a killed
 #: process (what gunicorn workers meet) but an OS crash or power cut may lose the last few
 #: records; it costs ~0.5-1 ms per call where FULL (an fsync per commit) costs ~6 ms (see
 #: benchmarks/bench_storage.py). Feedback, the evidence we must not lose, always commits FULL.
 ISSUED_SYNCHRONOUS = "NORMAL"
-#: PostgreSQL advisory lock key for migrations ("mskcds" in ASCII, fits a bigint).
-PG_MIGRATION_LOCK = 0x6D736B636473
 #: Report key of feedback whose card is not (or no longer) on record.
 UNKNOWN_FINDING = "(unknown card)"
 NO_REASON = "(no reason given)"
@@ -172,67 +168,6 @@ def explain_database_error(exc: Exception, url: str | None) -> str:
             "sqlite") else "is MSKCDS_DATA_DIR (or the file's directory) writable?")
         return (f"cannot use the database {where}: {text}. Check MSKCDS_DATABASE_URL; {hint}")
     return f"the database {where} failed: {exc.__class__.__name__}: {text}"
-
-
-# --------------------------------------------------------------------------- migrations
-def alembic_config(connection: Connection | None = None) -> Any:
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-@contextlib.contextmanager
-def _migration_lock(engine: Engine, url: str) -> Iterator[Connection]:
-    """One migrator at a time, across processes: a file lock (SQLite) or an advisory lock (PG)."""
-    if engine.dialect.name == "sqlite":
-        lock_path = Path(f"{make_url(url).database}.migrate.lock")
-        with open(lock_path, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                with engine.connect() as conn:
-                    yield conn
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    else:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
-            conn.commit()
-            try:
-                yield conn
-            finally:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
-                conn.commit()
-
-
-def migrate(url: str, revision: str = "head") -> str | None:
-    """Bring the database at ``url`` to ``revision``; return the revision it is at."""
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
-
-    engine = build_engine(url)
-    try:
-        with _migration_lock(engine, url) as conn:
-            command.upgrade(alembic_config(conn), revision)
-            conn.commit()
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()
-
-
-def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    engine = build_engine(url)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------- dates

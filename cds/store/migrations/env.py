@@ -1,9 +1,10 @@
-"""Alembic environment: the connection comes from ``cds.storage.migrate`` (never from a file)."""
+"""Alembic environment: the connection comes from ``cds.store.migrate.migrate`` (never from a file)."""
 from __future__ import annotations
 
 from alembic import context
 
-from cds.store.storage import build_engine, metadata
+from cds.store.db import build_engine
+from cds.store.storage import metadata
 
 config = context.config
 

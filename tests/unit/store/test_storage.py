@@ -16,8 +16,9 @@ from sqlalchemy import create_engine, inspect, text
 
 from cds.config import Config
 from cds.errors import BadRequest
-from cds.store.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, Owner, SqlStore, current_revision,
-                         migrate, open_store, report_key)
+from cds.store.migrate import current_revision, migrate
+from cds.store.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, Owner, SqlStore, open_store,
+                               report_key)
 from feedback_support import (BACKENDS, SERVICE, TOPIC_SYSTEM, make_card,  # noqa: F401
                               new_database_url, pg_databases, pg_scratch_url)
 
