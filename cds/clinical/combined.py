@@ -3,7 +3,7 @@ with confirmed or severe sarcopenia) replaces its two parts with one card."""
 from __future__ import annotations
 
 from cds.clinical.common import unique
-from cds.clinical.findings import Finding, OsteosarcopeniaVariables
+from cds.clinical.findings import Finding, OsteosarcopeniaVariables, SarcopeniaVariables
 from cds.knowledge.rules import Rules
 from cds.knowledge.vocabulary import Code, Flag
 
@@ -20,9 +20,11 @@ def osteosarcopenia(bone: Finding | None, sarcopenia: Finding | None, rules: Rul
     flags = frozenset((bone.flags | sarcopenia.flags) - {Flag.ON_PROBLEM_LIST})
     suggestions = tuple(dict.fromkeys(bone.suggestions + sarcopenia.suggestions +
                                       rules.suggestions_for(Code.OSTEOSARCOPENIA, flags)))
+    muscle = sarcopenia.variables
+    assert isinstance(muscle, SarcopeniaVariables)   # the sarcopenia codes carry these (Finding checks)
     variables = OsteosarcopeniaVariables(
-        date=max(bone.variables.date, sarcopenia.variables.date),
-        profile=sarcopenia.variables.profile, bone=bone, sarcopenia=sarcopenia)
+        date=max(bone.variables.date, muscle.date),
+        profile=muscle.profile, bone=bone, sarcopenia=sarcopenia)
     return Finding(code=Code.OSTEOSARCOPENIA, indicator=card.indicator, variables=variables,
                    evidence=tuple(dict.fromkeys(bone.evidence + sarcopenia.evidence)),
                    flags=flags,

@@ -111,8 +111,9 @@ def _pending(drafts: Sequence[DraftOrder], service: str, but: DraftOrder) -> boo
 
 def _is(order: DraftOrder, o: OrderRules, drugs: Iterable[str]) -> str | None:
     """The order's drug when it is one of ``drugs`` and the order is in that drug's class."""
-    if order.drug in drugs and o.drugs[order.drug].drug_class in order.categories:
-        return order.drug
+    drug = order.drug
+    if drug is not None and drug in set(drugs) and o.drugs[drug].drug_class in order.categories:
+        return drug
     return None
 
 
@@ -132,14 +133,15 @@ def evaluate_orders(facts: PatientFacts, drafts: Sequence[DraftOrder], rules: Ru
 
 
 # --------------------------------------------------------------------------- 1 antiresorptive + vitamin D
-def _antiresorptive_vitamin_d(facts, order, drafts, rules, o) -> list[Finding]:
+def _antiresorptive_vitamin_d(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+                              o: OrderRules) -> list[Finding]:
     r = o.antiresorptive_vitamin_d
     if _is(order, o, r.drugs) is None:
         return []
     vd = rules.vitamin_d
     max_age = o.max_age_days[vd.kind]
     reading = latest_against(facts, vd.kind, r.deficient.interval, max_age, vd.relation)
-    flags = {Flag.TEST_PENDING} if _pending(drafts, r.test_service, order) else set()
+    flags: set[str] = {Flag.TEST_PENDING} if _pending(drafts, r.test_service, order) else set()
     if reading.state == INSIDE and reading.value is not None:
         m = reading.value
         return [make_finding(rules, Code.ORDER_ANTIRESORPTIVE_LOW_VITAMIN_D,
@@ -159,7 +161,8 @@ def _antiresorptive_vitamin_d(facts, order, drafts, rules, o) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- 2 kidney function
-def _kidney(facts, order, drafts, rules, o) -> list[Finding]:
+def _kidney(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+            o: OrderRules) -> list[Finding]:
     out = []
     for k in o.kidney:
         if _is(order, o, (k.drug,)) is None:
@@ -168,7 +171,7 @@ def _kidney(facts, order, drafts, rules, o) -> list[Finding]:
         if reading.state != INSIDE or reading.value is None:
             continue   # not below the limit, none on record, stale or in doubt: no card on a guess
         m = reading.value
-        flags = {Flag.STAND_IN_EGFR} if k.stand_in else set()
+        flags: set[str] = {Flag.STAND_IN_EGFR} if k.stand_in else set()
         out.append(make_finding(
             rules, k.finding,
             KidneyVariables(date=m.day, order=order.display, value=m, unit=m.unit,
@@ -196,7 +199,8 @@ def _scale(order: DraftOrder, o: OrderRules, target: str, per_mg: float) -> floa
     return strength.per_unit if dim == "count" else strength.per_ml if dim == "volume" else None
 
 
-def _vitamin_d_dose(facts, order, drafts, rules, o) -> list[Finding]:
+def _vitamin_d_dose(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+                    o: OrderRules) -> list[Finding]:
     r = o.vitamin_d_dose
     if not any(c in order.categories for c in r.drugs) or order.plan is None or not order.plan.readable:
         return []
@@ -226,7 +230,8 @@ def _vitamin_d_dose(facts, order, drafts, rules, o) -> list[Finding]:
     return []
 
 
-def _vitamin_d_duplicate(facts, order, drafts, rules, o) -> list[Finding]:
+def _vitamin_d_duplicate(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+                         o: OrderRules) -> list[Finding]:
     r = o.vitamin_d_dose
     if not any(c in order.categories for c in r.drugs):
         return []
@@ -242,7 +247,8 @@ def _vitamin_d_duplicate(facts, order, drafts, rules, o) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- 4 25(OH)D test
-def _vitamin_d_test(facts, order, drafts, rules, o) -> list[Finding]:
+def _vitamin_d_test(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+                    o: OrderRules) -> list[Finding]:
     r = o.vitamin_d_test
     kind = rules.vitamin_d.kind
     if r.service not in order.services or _future(facts, (kind,)):
@@ -270,7 +276,8 @@ def _vitamin_d_test(facts, order, drafts, rules, o) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- 5 DXA
-def _dxa(facts, order, drafts, rules, o) -> list[Finding]:
+def _dxa(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+         o: OrderRules) -> list[Finding]:
     r = o.dxa
     if r.service not in order.services or _future(facts, r.kinds):
         return []
@@ -316,7 +323,8 @@ def _bone_finding(facts: PatientFacts, rules: Rules) -> bool:
 
 
 # --------------------------------------------------------------------------- 6 bone protection
-def _bone_protection(facts, order, drafts, rules, o) -> list[Finding]:
+def _bone_protection(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
+                     o: OrderRules) -> list[Finding]:
     out = []
     for b in o.bone_protection:
         if b.drug_class not in order.categories:
@@ -324,7 +332,7 @@ def _bone_protection(facts, order, drafts, rules, o) -> list[Finding]:
         last = last_result_day(facts, o.dxa.kinds)
         recent = last is not None and (facts.as_of - last).days < b.dxa_within_days
         pending = _pending(drafts, o.dxa.service, order)
-        flags = {Flag.DXA_RECENT} if recent else set()
+        flags: set[str] = {Flag.DXA_RECENT} if recent else set()
         if pending:
             flags.add(Flag.TEST_PENDING)
         if b.min_per_day is None:
@@ -336,7 +344,7 @@ def _bone_protection(facts, order, drafts, rules, o) -> list[Finding]:
                                     criteria=[]))
             continue
         dosed = _glucocorticoid(order, b, o)
-        if dosed is None:
+        if dosed is None or b.min_days is None:
             continue
         per_day, days = dosed
         out.append(make_finding(

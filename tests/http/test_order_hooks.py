@@ -487,12 +487,12 @@ def test_feedback_on_order_cards(server, term):
     accepted = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                               "acceptedSuggestions": [{"id": delete["uuid"]}], "outcomeTimestamp": now}]}
     r = requests.post(server.url(SIGN + "/feedback"), json=accepted, timeout=10)
-    assert r.status_code == 200 and r.json()["stored"] == 1
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     overridden = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": now,
                                 "overrideReason": {"reason": card["overrideReasons"][0],
                                                    "userComment": "eGFR repeated today: 41"}}]}
     r = requests.post(server.url(SIGN + "/feedback"), json=overridden, timeout=10)
-    assert r.status_code == 200 and r.json()["stored"] == 1
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     # the card was issued by the order-sign service: feedback sent to another service is refused
     r = requests.post(server.url("/cds-services/bone-muscle-health/feedback"), json=accepted, timeout=10)
     assert r.status_code == 400 and "bone-health-order-sign" in r.text
