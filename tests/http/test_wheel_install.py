@@ -99,7 +99,7 @@ def test_migrate_writes_to_the_user_data_dir(installed):
                          env=operator_env(installed["home"]), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "revision 0001" in out.stdout
+    assert "revision 0002" in out.stdout  # the newest migration (0002: issued-card owner)
     data = installed["home"] / ".local" / "share" / "mskcds"
     assert (data / "mskcds.sqlite3").is_file()
     assert not list(installed["venv"].rglob("*.sqlite3")), "wrote into the install folder"
