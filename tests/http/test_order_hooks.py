@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -486,7 +487,14 @@ def test_feedback_on_order_cards(server, term):
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     accepted = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                               "acceptedSuggestions": [{"id": delete["uuid"]}], "outcomeTimestamp": now}]}
-    r = requests.post(server.url(SIGN + "/feedback"), json=accepted, timeout=10)
+    # the issued-card record is written off the request path (a queue): wait for it, up to 10 s
+    deadline = time.monotonic() + 10
+    while True:
+        r = requests.post(server.url(SIGN + "/feedback"), json=accepted, timeout=10)
+        if r.status_code == 200 or "is not a card this service issued" not in r.text \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     overridden = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": now,
                                 "overrideReason": {"reason": card["overrideReasons"][0],
