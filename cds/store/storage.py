@@ -37,6 +37,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from time import monotonic, sleep
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
@@ -67,6 +68,9 @@ COMMENT_ONLY = "(comment only)"
 #: an unknown card is a 503 (retry) rather than a 400: its record may still be queued in
 #: another worker's issued-card writer, written moments after the database came back.
 UNKNOWN_CARD_GRACE_SECONDS = 30.0
+#: How long feedback waits for a card that is not on file yet (another worker's writer may
+#: hold it for a few milliseconds; under load, a few hundred).
+ISSUED_WAIT_SECONDS = 0.5
 
 
 class DatabaseUnavailable(ConfigError):
@@ -377,6 +381,28 @@ class SqlStore:
         return last is not None and _monotonic() - last < UNKNOWN_CARD_GRACE_SECONDS
 
     # ------------------------------------------------------------- feedback
+    def _await_issued(self, cards: list[str]) -> None:
+        """Wait briefly (at most ``ISSUED_WAIT_SECONDS``) for cards not on file yet.
+
+        With several workers, a card issued by one may still sit in that worker's writer
+        queue when its feedback reaches another worker (a new connection); refused then,
+        prompt feedback would be a 400 "unknown card". Read transactions only (no write
+        lock is held, so the other worker's writer can commit meanwhile)."""
+        if self.writer is None or not cards:
+            return
+        deadline = monotonic() + ISSUED_WAIT_SECONDS
+        while True:
+            waiting = set(cards) - set(self.writer.pending(cards))
+            if not waiting:
+                return
+            with self._read() as conn:
+                on_file = {row.card_uuid for chunk in _chunks(sorted(waiting), 500)
+                           for row in conn.execute(select(issued_cards.c.card_uuid)
+                                                   .where(issued_cards.c.card_uuid.in_(chunk)))}
+            if waiting <= on_file or monotonic() >= deadline:
+                return
+            sleep(0.05)
+
     def record_feedback(self, service_id: str, payload: Any,
                         owner: Owner | None = None) -> "FeedbackCounts":
         """Validate and store one feedback request, all or nothing. Returns how many items
@@ -386,6 +412,7 @@ class SqlStore:
         is treated exactly as a card never issued: the answer says nothing about it.
         """
         items = wire.load_feedback(payload)
+        self._await_issued(sorted({str(item["card"]) for item in items}))
         now = utcnow()
         with self._write() as conn:
             wanted = sorted({str(item["card"]) for item in items})
