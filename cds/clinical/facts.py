@@ -31,6 +31,7 @@ class Measurement:
     laterality: str | None = None  # left / right, when the code says so
     comparator: str | None = None  # "<", "<=", ">=", ">" as sent in valueQuantity.comparator
     resource_id: str | None = None
+    fraction: str | None = None    # 25(OH)D only: "d2" / "d3" when the code is one fraction of the total
 
     @property
     def day(self) -> date:

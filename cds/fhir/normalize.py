@@ -431,7 +431,7 @@ def _match_concept(term: Terminology, concept: Any) -> ObservationCode | None:
         raise _Drop(f"codes for different kinds ({', '.join(sorted(kinds))}) in one code")
     best = found[0]
     for other in found[1:]:
-        for attr in ("site", "laterality", "property"):
+        for attr in ("site", "laterality", "property", "fraction"):
             a, b = getattr(best, attr), getattr(other, attr)
             if a is not None and b is not None and a != b:
                 raise _Drop(f"codes with conflicting {attr} for {best.kind}")
@@ -551,7 +551,8 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
     return Measurement(kind=kind, value=converted, unit=term.units[kind].canonical, when=when,
                        code=meaning.key, display=meaning.display, original_value=value,
                        original_unit=original_unit, site=meaning.site,
-                       laterality=meaning.laterality, comparator=comparator, resource_id=rid)
+                       laterality=meaning.laterality, comparator=comparator, resource_id=rid,
+                       fraction=meaning.fraction)
 
 
 def _quantity(holder: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], float, str | None]:

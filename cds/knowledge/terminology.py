@@ -32,6 +32,8 @@ VALUESETS_FILE = "valuesets.yaml"
 UNITS_FILE = "units.yaml"
 DATA_QUALITY_FILE = "data_quality.yaml"
 
+# 25(OH)D fractions: a D2 or D3 result is part of the total (rules/vitamin_d.yaml `d2_medications`)
+FRACTIONS = ("d2", "d3")
 
 # Prefetch: how many Observations (newest first) the EHR is asked for. 200 covers
 # years of DXA/vitamin D/vitals history for the listed codes only, and stays within
@@ -48,6 +50,7 @@ class CodeEntrySchema(Strict):
     site = fields.String(validate=validate.OneOf(SITES))
     laterality = fields.String(validate=validate.OneOf(LATERALITIES))
     property = fields.String(validate=validate.OneOf(PROPERTIES))
+    fraction = fields.String(validate=validate.OneOf(FRACTIONS))
     tty = fields.String()
     note = fields.String()
 
@@ -206,6 +209,7 @@ class ObservationCode:
     site: str | None = None
     laterality: str | None = None
     property: str | None = None
+    fraction: str | None = None   # d2 / d3: one fraction of total 25(OH)D
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,9 @@ def _build_prefetch(observation_keys: list[str]) -> dict[str, str]:
         # No status filter: "osteoporosis therapy on record" includes completed and stopped
         # courses (e.g. a bisphosphonate drug holiday); normalize records each status.
         "medications": "MedicationRequest?patient={{context.patientId}}",
+        # Many EHRs record over-the-counter vitamin D, denosumab given elsewhere and long-term
+        # prednisone as MedicationStatement only; read beside MedicationRequest (same rules).
+        "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
     }
 
 
@@ -400,7 +407,8 @@ def load_terminology(rules_dir: Path) -> Terminology:
                                if other != kind else f"{entry['code']!r} is listed twice")
             observation_codes[key] = ObservationCode(
                 kind=kind, key=key, display=entry["display"], site=entry.get("site"),
-                laterality=entry.get("laterality"), property=entry.get("property"))
+                laterality=entry.get("laterality"), property=entry.get("property"),
+                fraction=entry.get("fraction"))
 
     condition_codes = _categories(vs_path, "conditions", systems, vs["conditions"])
     medication_codes = _categories(vs_path, "medications", systems, vs["medications"])

@@ -40,7 +40,8 @@ def call(server, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "prefetch": {"patient": {"resourceType": "Patient", "id": PATIENT, "gender": "female",
                                      "birthDate": "1960-05-06"},
                          "observations": searchset(*observations),
-                         "conditions": searchset(), "medications": searchset()}}
+                         "conditions": searchset(), "medications": searchset(),
+                         "medicationStatements": searchset()}}
     r = requests.post(f"{server.base_url}/cds-services/bone-muscle-health", json=body, timeout=20)
     assert r.status_code == 200, r.text
     return r.json()["cards"]

@@ -460,7 +460,7 @@ def test_codings_with_different_sites_are_a_contradiction(term):
 
 
 def test_unknown_code_is_not_a_fact(term):
-    facts = run(term, obs("49054-0", 15, "ng/mL", rid="a"), obs("4548-4", 6.1, "%", rid="b"))
+    facts = run(term, obs("2345-7", 95, "mg/dL", rid="a"), obs("4548-4", 6.1, "%", rid="b"))
     assert facts.measurements == {}
     assert facts.excluded == ["Observation: no code in the value sets"] * 2
 

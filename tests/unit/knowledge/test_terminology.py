@@ -44,7 +44,11 @@ def test_observation_lookup_gives_kind_site_laterality(term):
     assert term.observation("http://loinc.org", "62292-8").property == "mass-concentration"
     assert term.observation("http://loinc.org", "14635-7").property == "substance-concentration"
     assert term.observation("http://snomed.info/sct", "80948-3") is None   # system matters
-    assert term.observation("http://loinc.org", "49054-0") is None         # unverified: left out
+    # 25(OH)D fractions: D2 (49054-0) and D3 (1989-3, 14635-7) are parts of the total, never the total
+    assert term.observation("http://loinc.org", "49054-0").fraction == "d2"
+    assert term.observation("http://loinc.org", "1989-3").fraction == "d3"
+    assert term.observation("http://loinc.org", "14635-7").fraction == "d3"
+    assert term.observation("http://loinc.org", "62292-8").fraction is None
 
 
 # canonical units the rules owner relies on (rules brief: "normalize delivers these")
@@ -94,10 +98,11 @@ def test_convert_refuses_units_not_accepted(term):
 # ----------------------------------------------------------------------------- prefetch
 def test_prefetch_templates_shape(term):
     p = term.prefetch_templates()
-    assert set(p) == {"patient", "observations", "conditions", "medications"}
+    assert set(p) == {"patient", "observations", "conditions", "medications", "medicationStatements"}
     assert p["patient"] == "Patient/{{context.patientId}}"
     assert p["conditions"].startswith("Condition?patient={{context.patientId}}")
     assert p["medications"].startswith("MedicationRequest?patient={{context.patientId}}")
+    assert p["medicationStatements"] == "MedicationStatement?patient={{context.patientId}}"
     # only the spec's context token is used
     for url in p.values():
         assert set(re.findall(r"\{\{([^}]*)\}\}", url)) == {"context.patientId"}

@@ -26,7 +26,7 @@ SYSTEM_URIS = {
 SITES = {"lumbar-spine", "total-hip", "femur", "femoral-neck", "radius", "calcaneus"}
 LATERALITIES = {"left", "right"}
 PROPERTIES = {"mass-concentration", "substance-concentration"}
-CODE_KEYS = {"system", "code", "display", "source", "site", "laterality", "property", "tty", "note"}
+CODE_KEYS = {"system", "code", "display", "source", "site", "laterality", "property", "fraction", "tty", "note"}
 TTYS = {"IN", "PIN", "MIN", "SCD", "SBD", "SCDC", "SBDC", "SCDF", "SBDF", "GPCK", "BPCK"}
 
 # Per-system shape of a code: a typo (a dropped dash, a LOINC check digit glued on) fails here.
@@ -123,13 +123,52 @@ def test_every_code_entry_is_complete_and_well_formed(doc):
             assert "mskcds project CodeSystem" in entry["source"], label
 
 
+# A Condition code may mean several facts at once, but only these overlaps are intended: a coded
+# osteoporotic fracture is osteoporosis AND a fragility fracture (at a site), and CKD stage 5 on
+# dialysis is both CKD G4-G5 and dialysis (issue 9). Any other repeat is a mistake.
+CONDITION_OVERLAPS = {
+    frozenset({"osteoporosis", "fragility-fracture"}),
+    frozenset({"ckd-stage-4-5", "dialysis"}),
+} | {frozenset({"fragility-fracture", f"fracture-{s}"}) for s in ("hip", "vertebra", "forearm", "humerus", "pelvis")} \
+  | {frozenset({"osteoporosis", "fragility-fracture", f"fracture-{s}"}) for s in ("hip", "vertebra", "forearm", "humerus", "pelvis")}
+
+
 def test_no_code_claimed_twice_within_a_section(doc):
-    # A code maps to exactly one kind/category: normalize must never have to guess between two.
-    for where in ("observations", "conditions", "medications"):
+    # An Observation or medication code maps to exactly one kind/category: normalize must never
+    # have to guess between two. Condition codes: only the intended overlaps above.
+    for where in ("observations", "medications"):
         seen = Counter((e["system"], e["code"])
                        for w, _c, e in _all_codes(doc) if w == where)
         dupes = [k for k, n in seen.items() if n > 1]
         assert not dupes, f"{where}: codes listed more than once: {dupes}"
+    categories: dict[tuple[str, str], list[str]] = {}
+    for w, category, e in _all_codes(doc):
+        if w == "conditions":
+            categories.setdefault((e["system"], e["code"]), []).append(category)
+    for key, cats in categories.items():
+        assert len(cats) == len(set(cats)), f"conditions: {key} listed twice in {cats}"
+        if len(cats) > 1:
+            assert frozenset(cats) in CONDITION_OVERLAPS, f"conditions: {key} in {sorted(cats)}"
+
+
+def test_every_fracture_site_code_is_a_fragility_fracture(doc):
+    conditions = _sections(doc, "conditions")
+    fragility = {(e["system"], e["code"]) for e in conditions["fragility-fracture"]["codes"]}
+    for site in ("hip", "vertebra", "forearm", "humerus", "pelvis"):
+        codes = {(e["system"], e["code"]) for e in conditions[f"fracture-{site}"]["codes"]}
+        assert codes and codes <= fragility, f"fracture-{site}: {sorted(codes - fragility)}"
+
+
+def test_osteoporosis_holds_the_whole_vsac_1038_and_1050_sets(doc):
+    # VSAC 1038 "Osteoporosis Without Current Fracture" has 83 codes (expansion 20240502); 1050
+    # "Osteoporosis With Current Fracture": 324 ICD-10-CM M80.0-/M80.8- codes + 16 SNOMED CT codes.
+    osteo = _sections(doc, "conditions")["osteoporosis"]["codes"]
+    by_source = Counter("1038" if "113.12.1038" in e["source"] else "1050" if "113.12.1050" in e["source"]
+                        else "other" for e in osteo)
+    assert by_source["1038"] == 83 and by_source["other"] == 0
+    m80 = [e for e in osteo if e["code"].startswith("M80.")]
+    assert len(m80) == 324 and {e["code"][:5] for e in m80} == {"M80.0", "M80.8"}
+    assert {"32369003", "M80.08XA", "M80.0B1A", "M81.6"} <= {e["code"] for e in osteo}
 
 
 def test_issue_loinc_codes_are_present_or_listed_unverified(doc):
