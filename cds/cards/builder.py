@@ -210,6 +210,8 @@ def measurement_label(m: Measurement, rules: Rules) -> str:
     """What a result is, as a card (and the preview) names it: 'T-score, total hip (left)'."""
     cr = rules.cards
     label = cr.kinds.get(m.kind, m.kind)
+    if m.fraction:
+        label += f" ({cr.labels.fractions.get(m.fraction, m.fraction)})"
     if m.site:
         label += f", {cr.sites.get(m.site, m.site)}"
     if m.laterality:

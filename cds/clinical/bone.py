@@ -121,12 +121,15 @@ def classify_lowest(scores: list[Measurement],
 
 def dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
     b = rules.bone
-    age = facts.age
-    if facts.gender not in ("male", "female") or age is None:
+    span = facts.age_range   # (youngest, oldest) possible age: one value for a full birthDate
+    if facts.gender not in ("male", "female") or span is None:
         return None
     rule = b.screening_age[facts.gender]
-    if not rule.interval.contains_point(age):
+    # A partial birthDate ("1950", "1950-06") applies the age rule only when every age it can
+    # mean lies on the same side of the cut-off.
+    if not (rule.interval.contains_point(span[0]) and rule.interval.contains_point(span[1])):
         return None
+    age = span[0] if span[0] == span[1] else f"{span[0]}-{span[1]}"
     # A DXA on record that could not be used (odd unit, no date...) is still a DXA on record:
     # "no DXA result" would be a guess.
     if any(facts.all(kind) or facts.unusable.get(kind) for kind in b.screening_kinds):

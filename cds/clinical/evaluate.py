@@ -21,6 +21,8 @@ _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
+    if facts.deceased:
+        return []   # Patient.deceased[x]: no screening, treatment or problem-list advice for the dead
     findings: list[Finding] = []
     vitamin_d = evaluate_vitamin_d(facts, rules)
     if vitamin_d:

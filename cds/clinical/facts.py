@@ -63,6 +63,7 @@ class PatientFacts:
     patient_id: str
     as_of: date
     gender: str | None = None          # "male" | "female"; anything else is None (sex-specific rules then skip)
+    deceased: bool = False             # Patient.deceased[x] true or a date of death: no cards at all
     birth_date: date | None = None
     measurements: dict[str, list[Measurement]] = field(default_factory=dict)   # newest first
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
@@ -82,7 +83,10 @@ class PatientFacts:
     def age_range(self) -> tuple[int, int] | None:
         """(youngest, oldest) possible age on ``as_of``; one value twice for a full birthDate."""
         if self.birth_date_range is None:
-            return None
+            if self.birth_date is None:
+                return None
+            age = age_on(self.birth_date, self.as_of)
+            return age, age
         return age_on(self.birth_date_range[1], self.as_of), age_on(self.birth_date_range[0], self.as_of)
 
     @property

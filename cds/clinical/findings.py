@@ -67,7 +67,7 @@ class BoneVariables:
 class ScreeningVariables:
     date: date                 # today
     profile: str
-    age: int
+    age: int | str             # "66-67" for a partial birthDate
     sex: str                   # "female" / "male"
 
 

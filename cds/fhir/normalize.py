@@ -77,7 +77,7 @@ _MODELS = {"Observation": FhirObservation, "Patient": FhirPatient, "Condition": 
 # The elements normalize reads, per type (validated; other elements are not used).
 # Observations are validated element by element (_validate_observation).
 _USED = {
-    "Patient": ("resourceType", "id", "gender", "birthDate"),
+    "Patient": ("resourceType", "id", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime"),
     "Condition": ("resourceType", "id", "subject", "code", "clinicalStatus",
                   "verificationStatus", "onsetDateTime", "onsetPeriod"),
     "MedicationRequest": ("resourceType", "id", "status", "intent", "subject",
@@ -393,6 +393,11 @@ def _patient(res: Mapping[str, Any], patient_id: str, facts: PatientFacts,
              term: Terminology) -> None:
     if res.get("id") != patient_id:
         raise _Drop("not the patient in context")
+    # Patient.deceased[x]: true, or a date of death. Read before validation: a Patient resource that
+    # says the patient died is never treated as a living patient, even if another element is malformed.
+    died = res.get("deceasedDateTime")
+    if res.get("deceasedBoolean") is True or (isinstance(died, str) and died.strip()):
+        facts.deceased = True
     _validate(res, "Patient")
     gender = res.get("gender")
     facts.gender = gender if gender in ("male", "female") else None

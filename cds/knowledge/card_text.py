@@ -92,6 +92,8 @@ class CardLabels:
     rule_page: str = "{title}"                # the card's link to its finding's rule page
     results: Mapping[str, str] = field(default_factory=dict)
     criteria: Mapping[str, str] = field(default_factory=dict)
+    #: 25(OH)D fraction labels (d2, d3, and "sum" for a total added from them)
+    fractions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,8 @@ class LabelsSchema(Strict):
                            values=fields.String(), load_default=dict)
     rule_page = fields.String(required=True, validate=validate.Regexp(
         r"^[^{}]*(\{title\}[^{}]*)?$", error="may use no placeholder but {title}"))
+    fractions = fields.Dict(keys=fields.String(validate=validate.OneOf(["d2", "d3", "sum"])),
+                            values=fields.String(), load_default=dict)
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> CardLabels:

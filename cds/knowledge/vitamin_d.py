@@ -67,6 +67,10 @@ class VitaminDRules:
     supplement_medications: tuple[str, ...]
     regimen_min_age: int
     regimen_age_citation: Criterion
+    #: medication categories that put vitamin D2 in the blood: with one on record a D3-only
+    #: result is not the total 25(OH)D
+    d2_medications: tuple[str, ...] = ()
+    fractions_citation: Criterion | None = None
     #: unit (UCUM) → {canonical cut-off: the cut-off as the guideline states it in that unit}
     stated_equivalents: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
 
@@ -89,6 +93,8 @@ class VitaminDRules:
                 yield f"{where}.bands[{i}].grades[{j}].citation.id", grade.criterion.citation
         yield "kidney_failure.citation.id", self.kidney_citation.citation
         yield "regimen_min_age_citation.citation.id", self.regimen_age_citation.citation
+        if self.fractions_citation is not None:
+            yield "fractions_citation.citation.id", self.fractions_citation.citation
 
 
 # --------------------------------------------------------------------------- schemas
@@ -152,6 +158,8 @@ class VitaminDFileSchema(Strict):
     max_age_basis = fields.String(required=True)
     kidney_failure = fields.Nested(KidneyFailureSchema, required=True)
     supplement_medications = fields.List(fields.String(), required=True)
+    d2_medications = fields.List(fields.String(), required=True)
+    fractions_citation = fields.Nested(CitationRefSchema, required=True)
     regimen_min_age = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100))
     regimen_min_age_citation = fields.Nested(CitationRefSchema, required=True)
     stated_equivalents = fields.Dict(
@@ -173,6 +181,8 @@ class VitaminDFileSchema(Strict):
             supplement_medications=tuple(data["supplement_medications"]),
             regimen_min_age=data["regimen_min_age"],
             regimen_age_citation=Criterion.of(Interval(), age_ref),
+            d2_medications=tuple(data["d2_medications"]),
+            fractions_citation=Criterion.of(Interval(), data["fractions_citation"]),
             stated_equivalents={unit: dict(table) for unit, table in data["stated_equivalents"].items()})
             for name, prof in data["profiles"].items()}
 

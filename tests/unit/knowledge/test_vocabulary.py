@@ -82,16 +82,16 @@ def test_kind_renamed_in_the_value_sets_only_names_it(rules_copy):
 
 def test_kind_nothing_reads_stops_start_up(rules_copy):
     # a new kind added to every file the terminology needs, but no code reads it yet
-    edit(rules_copy / "valuesets.yaml", lambda d: d["observations"].update({"serum-calcium": {
-        "title": "Serum calcium", "codes": [{"system": "mskcds", "code": "calcium-test",
+    edit(rules_copy / "valuesets.yaml", lambda d: d["observations"].update({"urine-calcium": {
+        "title": "Urine calcium", "codes": [{"system": "mskcds", "code": "calcium-test",
                                              "display": "test", "source": "test"}]}}))
-    edit(rules_copy / "units.yaml", lambda d: d["kinds"].update({"serum-calcium": {
+    edit(rules_copy / "units.yaml", lambda d: d["kinds"].update({"urine-calcium": {
         "canonical": "mg/dL", "accept": [{"code": "mg/dL", "multiply": 1, "cite": "ucum"}]}}))
-    edit(rules_copy / "data_quality.yaml", lambda d: d["plausible"].update({"serum-calcium": {
+    edit(rules_copy / "data_quality.yaml", lambda d: d["plausible"].update({"urine-calcium": {
         "low": 1, "high": 30, "why": "test bounds for a kind nothing reads"}}))
     with pytest.raises(RulesError) as err:
         load_rules(Config(rules_dir=rules_copy))
-    assert "valuesets.yaml: observations.serum-calcium: kind 'serum-calcium' is defined but " \
+    assert "valuesets.yaml: observations.urine-calcium: kind 'urine-calcium' is defined but " \
            "nothing reads it" in str(err.value)
 
 
