@@ -83,7 +83,7 @@ def _list(text: str) -> tuple[str, ...]:
 class Config:
     # --- clinical knowledge -------------------------------------------------
     rules_dir: Path = field(default_factory=default_rules_dir)
-    vitamin_d_profile: str = "endocrine-society-2011"
+    vitamin_d_profile: str = "endocrine-society-2024"
     sarcopenia_profile: str = "ewgsop2-2019"
     # --- HTTP edge ----------------------------------------------------------
     # 10,000 Observations (a long history, ~6.5 MB as JSON) must fit.

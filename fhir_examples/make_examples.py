@@ -61,6 +61,9 @@ class Example:
     birth_date: date
     observations: list[Obs] = field(default_factory=list)
     conditions: list[str] = field(default_factory=list)     # condition categories (valuesets.yaml)
+    # specific condition codes: ("snomed"/"icd10cm" code-system key, code, onset days ago or None)
+    coded: list[tuple[str, str, int | None]] = field(default_factory=list)
+    profile: str | None = None     # vitamin D profile the example needs (None: the default)
 
 
 # Unit display strings (Quantity.unit), by UCUM code.
@@ -91,8 +94,17 @@ def examples(anchor: date) -> list[Example]:
                                            Obs("t-score", -0.8, "{T-score}", 300, site="total-hip")],
                 conditions=["ckd-stage-4-5"]),
         Example("vitamin-d-insufficiency", "vitamin-d-insufficiency",
-                "Man, 45: 25(OH)D 62 nmol/L (24.8 ng/mL, insufficient)", "male",
-                born(45, anchor), [Obs("vitamin-d-25oh", 62, "nmol/L", 30)]),
+                "Man, 45: 25(OH)D 62 nmol/L (24.8 ng/mL, insufficient by the Endocrine Society 2011 profile)",
+                "male", born(45, anchor), [Obs("vitamin-d-25oh", 62, "nmol/L", 30)],
+                profile="endocrine-society-2011"),
+        Example("vitamin-d-below-bone-target", "vitamin-d-below-bone-target",
+                "Woman, 70, osteoporosis on the problem list: 25(OH)D 24 ng/mL (bone-health target 30)",
+                "female", born(70, anchor), [Obs("vitamin-d-25oh", 24, "ng/mL", 30)],
+                coded=[("snomed", "64859006", None)]),
+        Example("fracture-treatment-gap", "fracture-treatment-gap",
+                "Woman, 75: hip fragility fracture 14 months ago, no DXA and no treatment since; eGFR 58",
+                "female", born(75, anchor), [Obs("egfr", 58, "mL/min/{1.73_m2}", 40)],
+                coded=[("snomed", "431031001", 425)]),
         Example("vitamin-d-excess", "vitamin-d-excess",
                 "Woman, 61: 25(OH)D 124 ng/mL (above 100)", "female",
                 born(61, anchor), [Obs("vitamin-d-25oh", 124, "ng/mL", 20)]),
@@ -212,6 +224,19 @@ def build(example: Example, anchor: date, term: Any) -> tuple[dict[str, Any], di
             "valueQuantity": quantity,
         })
     conditions = []
+    for i, (sys_key, code, onset) in enumerate(example.coded):
+        system = term.code_systems[sys_key]
+        display = term.condition_codes[f"{system}|{code}"][0].display
+        cond: dict[str, Any] = {
+            "resourceType": "Condition", "id": f"{pid}-coded-{i + 1}",
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": "confirmed"}]},
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+            "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+            "subject": {"reference": f"Patient/{pid}"}}
+        if onset is not None:
+            cond["onsetDateTime"] = (anchor - timedelta(days=onset)).isoformat()
+        conditions.append(cond)
     for i, category in enumerate(example.conditions):
         key = next(k for k, cats in term.condition_codes.items()
                    if any(c.category == category for c in cats))
@@ -273,6 +298,8 @@ def write_all(out_dir: Path, anchor: date = ANCHOR, rules_dir: Path = REPO / "ru
             path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             written.append(path)
         index[ex.name] = {"finding": ex.finding, "title": ex.title}
+        if ex.profile:
+            index[ex.name]["profile"] = ex.profile
     manifest = {"as_of": anchor.isoformat(), "examples": index}
     path = out_dir / "examples.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

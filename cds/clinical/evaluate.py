@@ -12,10 +12,12 @@ from __future__ import annotations
 from cds.clinical.bone import dxa_screening, evaluate_bone
 from cds.clinical.combined import osteosarcopenia
 from cds.clinical.facts import PatientFacts
+from cds.clinical.fracture import clinical_osteoporosis, lowest_t_score, treatment_gap, with_treatment
 from cds.clinical.findings import Finding
 from cds.clinical.sarcopenia import evaluate_sarcopenia
 from cds.clinical.vitamin_d import evaluate_vitamin_d
 from cds.knowledge.rules import Rules
+from cds.knowledge.vocabulary import Code
 
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
@@ -24,10 +26,15 @@ def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
     if facts.deceased:
         return []   # Patient.deceased[x]: no screening, treatment or problem-list advice for the dead
     findings: list[Finding] = []
-    vitamin_d = evaluate_vitamin_d(facts, rules)
+    bone = with_treatment(clinical_osteoporosis(evaluate_bone(facts, rules), facts, rules), facts, rules)
+    gap = treatment_gap(facts, rules, lowest_t_score(bone))
+    if gap is not None:
+        findings.append(gap)
+        bone = None   # the untreated fracture is the patient's one bone card
+    vitamin_d = evaluate_vitamin_d(facts, rules, bone_indication=gap is not None or (
+        bone is not None and bone.code in (Code.OSTEOPOROSIS, Code.LOW_BONE_MASS)))
     if vitamin_d:
         findings.append(vitamin_d)
-    bone = evaluate_bone(facts, rules)
     sarcopenia = evaluate_sarcopenia(facts, rules)
     combined = osteosarcopenia(bone, sarcopenia, rules)
     if combined is not None:

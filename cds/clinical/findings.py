@@ -61,6 +61,18 @@ class BoneVariables:
     value: Measurement         # the lowest score at a diagnostic site that day
     site: str | None           # its site
     age: int                   # age on the DXA day
+    grade: str | None = None   # "clinical-fracture": osteoporosis by a hip/vertebral fragility fracture
+    fracture: str | None = None          # the fracture's site words ("hip")
+    fracture_date: str | None = None     # its onset date (ISO), or "date not recorded"
+
+
+@dataclass(frozen=True)
+class FractureGapVariables:
+    date: date                 # the fracture's onset day
+    profile: str
+    fracture: str              # site words ("hip", "vertebral")
+    age: int
+    diagnosis: str             # "osteoporosis by fracture" or "fragility fracture"
 
 
 @dataclass(frozen=True)
@@ -165,14 +177,17 @@ class GlucocorticoidVariables:
 Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
                   OsteosarcopeniaVariables, OrderValueVariables, NoResultVariables, DuplicateVariables,
                   RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables]
+Variables = Union[FractureGapVariables, VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
+                  OsteosarcopeniaVariables]
 
 #: finding code → the dataclass of its variables (each code is made with exactly this type)
 FINDING_VARIABLES: Mapping[str, type] = {
     Code.VITAMIN_D_DEFICIENCY: VitaminDVariables, Code.VITAMIN_D_INSUFFICIENCY: VitaminDVariables,
-    Code.VITAMIN_D_EXCESS: VitaminDVariables,
+    Code.VITAMIN_D_EXCESS: VitaminDVariables, Code.VITAMIN_D_BELOW_BONE_TARGET: VitaminDVariables,
     Code.OSTEOPOROSIS: BoneVariables, Code.LOW_BONE_MASS: BoneVariables,
     Code.BMD_BELOW_EXPECTED: BoneVariables,
     Code.DXA_SCREENING_DUE: ScreeningVariables,
+    Code.FRACTURE_TREATMENT_GAP: FractureGapVariables,
     Code.LOW_MUSCLE_MASS: SarcopeniaVariables, Code.SARCOPENIA_PROBABLE: SarcopeniaVariables,
     Code.SARCOPENIA_CONFIRMED: SarcopeniaVariables, Code.SARCOPENIA_SEVERE: SarcopeniaVariables,
     Code.OSTEOSARCOPENIA: OsteosarcopeniaVariables,

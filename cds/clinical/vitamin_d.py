@@ -6,19 +6,23 @@ from cds.clinical.common import (any_condition, any_medication, future, known_ag
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.clinical.findings import Applied, Finding, VitaminDVariables
 from cds.knowledge.rules import Rules
-from cds.knowledge.vitamin_d import Grade, VitaminDBand, VitaminDRules
+from cds.knowledge.vitamin_d import BoneTarget, Grade, VitaminDBand, VitaminDRules
 from cds.knowledge.vocabulary import Flag
 
 UNKNOWN = "unknown"
 
 
-def evaluate_vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
+def evaluate_vitamin_d(facts: PatientFacts, rules: Rules, bone_indication: bool = False) -> Finding | None:
+    """``bone_indication``: osteoporosis or low bone mass by the latest DXA (the bone finding);
+    the profile's bone target also reads conditions and therapy on record itself."""
     vd = rules.vitamin_d
     current = _current_result(facts, vd)
     if current is None:
         return None
     m, fractions = current
     band, grade = classify(vd, m)
+    if band is None and vd.bone_target is not None:
+        return _below_bone_target(facts, rules, vd, vd.bone_target, m, fractions, bone_indication)
     if not isinstance(band, VitaminDBand):
         return None   # in no band, or a comparator value that may lie in two
     flags: set[str] = set()
@@ -33,6 +37,8 @@ def evaluate_vitamin_d(facts: PatientFacts, rules: Rules) -> Finding | None:
         criteria.append(Applied(Flag.KIDNEY_FAILURE, vd.kidney_citation, "", Flag.KIDNEY_FAILURE))
     if taking(facts, vd.supplement_medications):
         flags.add(Flag.ON_VITAMIN_D)
+    if not vd.retest_order:
+        flags.add(Flag.NO_RETEST_ORDER)   # ES 2024: no routine follow-up testing ordered now
     if not known_age_at_least(facts, vd.regimen_min_age):
         flags.add(Flag.NO_ADULT_REGIMEN)   # a child, or age unknown: no adult dosing on a guess
         criteria.append(Applied(Flag.NO_ADULT_REGIMEN, vd.regimen_age_citation))
@@ -114,3 +120,26 @@ def classify(vd: VitaminDRules, m: Measurement) -> tuple[VitaminDBand | str | No
                     return band, g
             return band, None
     return None, None
+
+
+def _below_bone_target(facts: PatientFacts, rules: Rules, vd: VitaminDRules, target: BoneTarget,
+                       m: Measurement, fractions: tuple[Measurement, ...],
+                       bone_indication: bool) -> Finding | None:
+    """AACE/ACE 2020, BHOF 2022: patients with osteoporosis keep 25(OH)D at or above the target.
+    Only for an established bone indication; the general population gets no card (ES 2024)."""
+    if vd.relation(target.criterion.interval, m) != "inside":
+        return None   # at or above the target, or a comparator value that may lie on either side
+    indicated = bone_indication or any_condition(facts, target.conditions) or \
+        any_medication(facts, target.medications)
+    if not indicated:
+        return None
+    flags: set[str] = set()
+    if taking(facts, vd.supplement_medications):
+        flags.add(Flag.ON_VITAMIN_D)
+    if any_condition(facts, vd.kidney_conditions):
+        flags.add(Flag.KIDNEY_FAILURE)
+    variables = VitaminDVariables(date=m.day, profile=vd.label, value=m, unit=m.unit,
+                                  status=target.status, grade=None, regimen=target.regimen)
+    return make_finding(rules, target.finding, variables, facts=facts, evidence=[m, *fractions],
+                        flags=flags, citations=[target.criterion.citation, vd.citation],
+                        criteria=[Applied(vd.kind, target.criterion, vd.unit, target.status)])

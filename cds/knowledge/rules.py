@@ -17,11 +17,13 @@ from cds.config import Config
 from cds.knowledge import bone as bone_file
 from cds.knowledge import card_text
 from cds.knowledge import citations as citations_file
+from cds.knowledge import fracture as fracture_file
 from cds.knowledge import sarcopenia as sarcopenia_file
 from cds.knowledge import vitamin_d as vitamin_d_file
 from cds.knowledge.bone import BoneRules
 from cds.knowledge.card_text import CardRules, CardText
 from cds.knowledge.citations import Citation
+from cds.knowledge.fracture import FractureRules
 from cds.knowledge.loader import RulesError, UnknownProfileError, load_file
 from cds.knowledge.orders import OrderRules, load_orders
 from cds.knowledge.sarcopenia import SarcopeniaRules
@@ -29,7 +31,7 @@ from cds.knowledge.terminology import Terminology, load_terminology
 from cds.knowledge.vitamin_d import VitaminDRules
 
 FILES = {"citations": citations_file.FILE, "vitamin_d": vitamin_d_file.FILE, "bone": bone_file.FILE,
-         "sarcopenia": sarcopenia_file.FILE, "cards": card_text.FILE}
+         "sarcopenia": sarcopenia_file.FILE, "cards": card_text.FILE, "fracture": fracture_file.FILE}
 _P = TypeVar("_P")
 
 
@@ -43,6 +45,7 @@ class Rules:
     cards: CardRules
     terminology: Terminology
     orders: OrderRules
+    fracture: FractureRules
 
     def prefetch_templates(self) -> dict[str, str]:
         return dict(self.terminology.prefetch_templates())
@@ -78,6 +81,8 @@ def load_rules(config: Config, *, terminology: Terminology | None = None) -> Rul
     sarc_profiles = load_file(paths["sarcopenia"], sarcopenia_file.SarcopeniaFileSchema())
     bone: BoneRules = load_file(paths["bone"], bone_file.BoneFileSchema())
     cards: CardRules = load_file(paths["cards"], card_text.CardsFileSchema())
+    fracture: FractureRules = load_file(paths["fracture"], fracture_file.FractureFileSchema())
+    _need_citations(paths["fracture"], fracture.citation_refs(), citations)
 
     for vd in vd_profiles.values():
         _need_citations(paths["vitamin_d"], vd.citation_refs(), citations)
@@ -92,7 +97,8 @@ def load_rules(config: Config, *, terminology: Terminology | None = None) -> Rul
     cards = card_text.check_cards(paths["cards"], cards, citations, terminology.orderable)
     orders = load_orders(rules_dir, citations, terminology)
     rules = Rules(source_dir=rules_dir, citations=citations, vitamin_d=vitamin_d, bone=bone,
-                  sarcopenia=sarcopenia, cards=cards, terminology=terminology, orders=orders)
+                  sarcopenia=sarcopenia, cards=cards, terminology=terminology, orders=orders,
+                  fracture=fracture)
     _check_categories(paths, rules)
     return rules
 
@@ -129,6 +135,17 @@ def _check_categories(paths: Mapping[str, Path], rules: Rules) -> None:
                for m in rules.vitamin_d.supplement_medications]
     checks += [(paths["bone"], "screening.suppress_medications", m, known_meds)
                for m in rules.bone.suppress_medications]
+    fr = rules.fracture
+    checks += [(paths["fracture"], where, c, known_conditions) for where, names in (
+        ("fracture_conditions", fr.fracture_conditions), ("sites", tuple(fr.sites)),
+        ("kidney.conditions", fr.kidney_conditions)) for c in names]
+    checks += [(paths["fracture"], "treatment_gap.therapy_medications", m, known_meds)
+               for m in fr.therapy_medications]
+    if rules.vitamin_d.bone_target is not None:
+        checks += [(paths["vitamin_d"], "bone_target.conditions", c, known_conditions)
+                   for c in rules.vitamin_d.bone_target.conditions]
+        checks += [(paths["vitamin_d"], "bone_target.medications", m, known_meds)
+                   for m in rules.vitamin_d.bone_target.medications]
     for path, where, name, known in checks:
         if name not in known:
             raise RulesError(path, f"{where}: category {name!r} is not in valuesets.yaml "

@@ -12,7 +12,7 @@ from cds.knowledge.citations import CitationRef, CitationRefSchema
 from cds.knowledge.intervals import BoundsSchema, Criterion, Interval, check_disjoint
 from cds.knowledge.loader import RulesError, Strict
 from cds.knowledge.terminology import Terminology
-from cds.knowledge.vocabulary import INDICATORS, KINDS, VITAMIN_D_FINDINGS
+from cds.knowledge.vocabulary import INDICATORS, KINDS, VITAMIN_D_FINDINGS, Code
 
 FILE = "vitamin_d.yaml"
 
@@ -51,6 +51,21 @@ class VitaminDProfile:
     label: str
     citation: str
     bands: tuple[VitaminDBand, ...]
+    bone_target: BoneTarget | None = None
+    retest_order: bool = True          # a re-test order may be suggested on the card
+
+
+@dataclass(frozen=True)
+class BoneTarget:
+    """A 25(OH)D below the bone-health target for patients with an established bone indication
+    (its own finding; deficiency, when also met, is the finding shown)."""
+
+    finding: str
+    status: str
+    criterion: Criterion
+    conditions: tuple[str, ...]        # osteoporosis, low bone mass, fragility fracture on record
+    medications: tuple[str, ...]       # osteoporosis therapy on record
+    regimen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,8 @@ class VitaminDRules:
     #: result is not the total 25(OH)D
     d2_medications: tuple[str, ...] = ()
     fractions_citation: Criterion | None = None
+    bone_target: BoneTarget | None = None
+    retest_order: bool = True
     #: unit (UCUM) → {canonical cut-off: the cut-off as the guideline states it in that unit}
     stated_equivalents: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
 
@@ -95,6 +112,8 @@ class VitaminDRules:
         yield "regimen_min_age_citation.citation.id", self.regimen_age_citation.citation
         if self.fractions_citation is not None:
             yield "fractions_citation.citation.id", self.fractions_citation.citation
+        if self.bone_target is not None:
+            yield f"{where}.bone_target.citation.id", self.bone_target.criterion.citation
 
 
 # --------------------------------------------------------------------------- schemas
@@ -128,11 +147,29 @@ class VitaminDBandSchema(BoundsSchema):
                             (data.get("regimen") or "").strip() or None, grades)
 
 
+class BoneTargetSchema(BoundsSchema):
+    finding = fields.String(required=True, validate=validate.Equal(Code.VITAMIN_D_BELOW_BONE_TARGET))
+    status = fields.String(required=True, validate=validate.Length(min=3, max=60))
+    citation = fields.Nested(CitationRefSchema, required=True)
+    conditions = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
+    medications = fields.List(fields.String(), required=True)
+    regimen = fields.String(validate=validate.Length(min=10, max=500))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> BoneTarget:
+        return BoneTarget(data["finding"], data["status"],
+                          Criterion.of(Interval.from_mapping(data), data["citation"]),
+                          tuple(data["conditions"]), tuple(data["medications"]),
+                          (data.get("regimen") or "").strip() or None)
+
+
 class VitaminDProfileSchema(Strict):
     label = fields.String(required=True, validate=validate.Length(min=3, max=60))
     citation = fields.String(required=True)
     bands = fields.List(fields.Nested(VitaminDBandSchema), required=True,
                         validate=validate.Length(min=1))
+    bone_target = fields.Nested(BoneTargetSchema)
+    retest_order = fields.Boolean(load_default=True)
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> VitaminDProfile:
@@ -141,7 +178,8 @@ class VitaminDProfileSchema(Strict):
         seen = [b.finding for b in bands]
         if len(seen) != len(set(seen)):
             raise ValidationError("a finding appears in two bands", "bands")
-        return VitaminDProfile(data["label"], data["citation"], bands)
+        return VitaminDProfile(data["label"], data["citation"], bands, data.get("bone_target"),
+                               data["retest_order"])
 
 
 class KidneyFailureSchema(Strict):
@@ -183,6 +221,7 @@ class VitaminDFileSchema(Strict):
             regimen_age_citation=Criterion.of(Interval(), age_ref),
             d2_medications=tuple(data["d2_medications"]),
             fractions_citation=Criterion.of(Interval(), data["fractions_citation"]),
+            bone_target=prof.bone_target, retest_order=prof.retest_order,
             stated_equivalents={unit: dict(table) for unit, table in data["stated_equivalents"].items()})
             for name, prof in data["profiles"].items()}
 

@@ -90,6 +90,8 @@ class Code(StrEnum):
     ORDER_GLUCOCORTICOID_BONE_PROTECTION = "order-glucocorticoid-bone-protection"
     ORDER_AROMATASE_INHIBITOR_BONE_HEALTH = "order-aromatase-inhibitor-bone-health"
     ORDER_ADT_BONE_HEALTH = "order-adt-bone-health"
+    VITAMIN_D_BELOW_BONE_TARGET = "vitamin-d-below-bone-target"
+    FRACTURE_TREATMENT_GAP = "fracture-treatment-gap"
 
 
 FINDINGS: tuple[str, ...] = tuple(c.value for c in Code)
@@ -116,6 +118,12 @@ class Flag(StrEnum):
     TEST_PENDING = "test-pending"              # order checks: the test a card would suggest is already drafted
     STAND_IN_EGFR = "stand-in-egfr"            # order checks: eGFR read in place of the label's creatinine clearance
     DXA_RECENT = "dxa-recent"                  # order checks: a DXA from the last 2 years is on record
+    NO_RETEST_ORDER = "no-retest-order"        # vitamin D profile advises against routine re-testing (ES 2024)
+    CLINICAL_OSTEOPOROSIS = "clinical-osteoporosis"  # hip/vertebral fragility fracture: osteoporosis by fracture
+    DXA_SINCE_FRACTURE = "dxa-since-fracture"  # a DXA is on record since the fracture
+    VERY_HIGH_RISK = "very-high-risk"          # AACE 2020 very high fracture risk: anabolic first, refer
+    KIDNEY_CKD_MBD = "kidney-ckd-mbd"          # CKD G4-G5D (condition or eGFR < 30): CKD-MBD evaluation first
+    BISPHOSPHONATE_DRAFT = "bisphosphonate-draft"  # alendronate may be drafted (eGFR known and allows it)
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)
@@ -123,7 +131,7 @@ INDICATORS: tuple[str, ...] = ("info", "warning", "critical")
 
 #: Rows of "How it was classified" that are not a kind or a measure (cards.yaml labels.criteria).
 CRITERIA: tuple[str, ...] = ("age", "site", "kidney-failure", "no-adult-regimen",
-                             "vitamin-d-dose", "prednisone-equivalent", "duration")
+                             "vitamin-d-dose", "prednisone-equivalent", "duration", "fracture")
 
 #: Placeholders every card text may use besides its finding's variables: the card's title.
 CARD_VARIABLES: frozenset[str] = frozenset({"title"})

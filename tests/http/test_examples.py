@@ -44,6 +44,11 @@ def topics(response: dict) -> list[str]:
     return [c["source"]["topic"]["code"] for c in response["cards"]]
 
 
+def profile(name: str) -> str | None:
+    """The vitamin D profile an example needs (examples.json "profile"; None: the default)."""
+    return MANIFEST["examples"][name].get("profile")
+
+
 def expected(name: str) -> list[str]:
     finding = MANIFEST["examples"][name]["finding"]
     return [finding] if finding else []
@@ -89,6 +94,8 @@ def test_prefetch_keys_are_the_discovery_keys():
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_evaluate_request_and_bundle(name, example_dir, capsys, monkeypatch):
     monkeypatch.setenv("MSKCDS_REQUIRE_AUTH", "false")
+    if profile(name):
+        monkeypatch.setenv("MSKCDS_VITAMIN_D_PROFILE", profile(name))
     for args in ([str(example_dir / f"{name}.request.json")],
                  [str(example_dir / f"{name}.bundle.json"), "--hook", "patient-view"]):
         assert cli.main(["evaluate", *args]) == 0
@@ -105,10 +112,22 @@ def test_installed_mskcds_command(example_dir):
     assert topics(json.loads(proc.stdout)) == ["osteosarcopenia"]
 
 
+@pytest.fixture(scope="module")
+def server_2011(tmp_path_factory):
+    """The Endocrine Society 2011 profile (still selectable) for the examples that need it."""
+    from conftest import run_server
+
+    with run_server({"MSKCDS_REQUIRE_AUTH": "false",
+                     "MSKCDS_VITAMIN_D_PROFILE": "endocrine-society-2011"},
+                    tmp_path_factory.mktemp("server-2011")) as server:
+        yield server
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_real_server_over_http(open_server, example_dir, name):
+def test_real_server_over_http(open_server, server_2011, example_dir, name):
     body = json.loads((example_dir / f"{name}.request.json").read_text())
-    r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=30)
+    server = server_2011 if profile(name) == "endocrine-society-2011" else open_server
+    r = requests.post(server.url("/cds-services/bone-muscle-health"), json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert topics(r.json()) == expected(name)
 

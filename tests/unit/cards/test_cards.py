@@ -30,9 +30,24 @@ ANCHOR = date.fromisoformat(json.loads((EXAMPLES / "examples.json").read_text())
 VALUESETS = yaml.safe_load((REPO / "rules" / "valuesets.yaml").read_text(encoding="utf-8"))
 
 
+MANIFEST = json.loads((EXAMPLES / "examples.json").read_text())["examples"]
+
+
 @pytest.fixture(scope="module")
 def engine():
     return Engine(Config(), today=lambda: ANCHOR)
+
+
+@pytest.fixture(scope="module")
+def engine_2011():
+    return Engine(Config(vitamin_d_profile="endocrine-society-2011"), today=lambda: ANCHOR)
+
+
+@pytest.fixture()
+def engine_for(engine, engine_2011):
+    """The engine an example needs: its examples.json "profile", else the default."""
+    return lambda name: engine_2011 if MANIFEST.get(name, {}).get("profile") == "endocrine-society-2011" \
+        else engine
 
 
 def request(name):
@@ -52,9 +67,9 @@ FINDING_EXAMPLES = list(PATIENT_VIEW_FINDINGS)   # order findings: tests/http/te
 
 
 @pytest.mark.parametrize("finding", FINDING_EXAMPLES)
-def test_every_finding_card_is_wire_valid_and_complete(engine, finding):
+def test_every_finding_card_is_wire_valid_and_complete(engine_for, finding):
     payload = request(finding)
-    cards = call(engine, payload)
+    cards = call(engine_for(finding), payload)
     assert [c["source"]["topic"]["code"] for c in cards] == [finding]
     (card,) = cards
     wire.check_card(card)                                    # raises on any contract breach
@@ -81,12 +96,12 @@ def test_healthy_patient_gets_no_cards(engine):
 
 
 @pytest.mark.parametrize("finding", FINDING_EXAMPLES)
-def test_suggestions_are_valid_fhir_with_verified_codes(engine, finding):
+def test_suggestions_are_valid_fhir_with_verified_codes(engine_for, finding):
     from fhir.resources.R4B import get_fhir_model_class
 
     payload = request(finding)
     pid = payload["context"]["patientId"]
-    (card,) = call(engine, payload)
+    (card,) = call(engine_for(finding), payload)
     allowed = verified_orderables()
     for s in card.get("suggestions", []):
         uuid.UUID(s["uuid"])
@@ -98,12 +113,18 @@ def test_suggestions_are_valid_fhir_with_verified_codes(engine, finding):
             concept = res.get("code") or res.get("medicationCodeableConcept")
             for coding in concept.get("coding", []):
                 assert (coding["system"], coding["code"]) in allowed, coding
+            assert res.get("id"), "every created resource carries an id"
             if res["resourceType"] == "MedicationRequest":
                 assert (res["status"], res["intent"]) == ("draft", "proposal")
-                assert "50,000 IU" in res["dosageInstruction"][0]["text"]
-                # cholecalciferol, named in text: no RxNorm code could be verified, none invented
-                assert "coding" not in concept
-                assert "cholecalciferol" in concept["text"].lower()
+                sig = res["dosageInstruction"][0]["text"].lower()
+                if "alendronate" in concept["text"].lower():
+                    assert concept["coding"] and "alendronate 70 mg" in sig and "once weekly" in sig
+                else:
+                    # cholecalciferol, named in text: no RxNorm code could be verified, none invented
+                    assert "coding" not in concept
+                    assert "cholecalciferol" in concept["text"].lower()
+                    # the drug in the draft is the drug in its sig: one product, one regimen
+                    assert "cholecalciferol" in sig and "d2 or d3" not in sig and " iu " in f" {sig} "
             else:
                 assert concept["coding"], "orders and problems are always coded"
     if card.get("suggestions"):
@@ -114,7 +135,10 @@ def test_expected_suggestions_per_finding(engine):
     def types(name):
         (card,) = call(engine, request(name))
         return sorted(a["resource"]["resourceType"] for s in card.get("suggestions", []) for a in s["actions"])
-    assert types("vitamin-d-deficiency") == ["Condition", "MedicationRequest", "ServiceRequest"]
+    # Endocrine Society 2024 (default): no routine re-test order, a re-test "in about 3 months" in words
+    assert types("vitamin-d-deficiency") == ["Condition", "MedicationRequest"]
+    # the hip fracture is coded as an osteoporotic fracture: osteoporosis is on the problem list already
+    assert types("fracture-treatment-gap") == ["MedicationRequest", "ServiceRequest"]
     assert types("dxa-screening-due") == ["ServiceRequest"]
     assert types("osteoporosis") == ["Condition"]
     assert types("osteosarcopenia") == ["Condition", "Condition"]
@@ -127,8 +151,8 @@ def test_uuids_are_fresh_per_card(engine):
     assert len(ids) == len(set(ids))
 
 
-def test_detail_shows_original_unit_threshold_and_profile(engine):
-    (card,) = call(engine, request("vitamin-d-insufficiency"))
+def test_detail_shows_original_unit_threshold_and_profile(engine_2011):
+    (card,) = call(engine_2011, request("vitamin-d-insufficiency"))
     assert "24.84 ng/mL (sent as 62 nmol/L)" in card["detail"]
     assert "≥ 20 and < 30 ng/mL" in card["detail"]
     assert "Endocrine Society 2011" in card["detail"]
