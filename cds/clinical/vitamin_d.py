@@ -35,6 +35,9 @@ def evaluate_vitamin_d(facts: PatientFacts, rules: Rules, bone_indication: bool 
         flags.add(Flag.KIDNEY_FAILURE)
         citations.append(vd.kidney_citation.citation)
         criteria.append(Applied(Flag.KIDNEY_FAILURE, vd.kidney_citation, "", Flag.KIDNEY_FAILURE))
+    elif vd.ckd_citation is not None and any_condition(facts, vd.ckd_conditions):
+        flags.add(Flag.CKD)   # KDIGO: corrected as in the general population; the course is kept
+        citations.append(vd.ckd_citation.citation)
     if taking(facts, vd.supplement_medications):
         flags.add(Flag.ON_VITAMIN_D)
     if not vd.retest_order:

@@ -123,7 +123,7 @@ def _check_categories(paths: Mapping[str, Path], rules: Rules) -> None:
     known_conditions = _category_names(term.condition_codes, ())
     known_meds = _category_names(term.medication_codes, term.medication_keywords)
     checks = [(paths["vitamin_d"], "kidney_failure.conditions", c, known_conditions)
-              for c in rules.vitamin_d.kidney_conditions]
+              for c in rules.vitamin_d.kidney_conditions + rules.vitamin_d.ckd_conditions]
     checks += [(paths["bone"], "screening.suppress_conditions", c, known_conditions)
                for c in rules.bone.suppress_conditions]
     checks += [(paths["bone"], "fracture_conditions", c, known_conditions)

@@ -88,6 +88,8 @@ class VitaminDRules:
     fractions_citation: Criterion | None = None
     bone_target: BoneTarget | None = None
     retest_order: bool = True
+    ckd_conditions: tuple[str, ...] = ()
+    ckd_citation: Criterion | None = None
     #: unit (UCUM) → {canonical cut-off: the cut-off as the guideline states it in that unit}
     stated_equivalents: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
 
@@ -109,6 +111,8 @@ class VitaminDRules:
             for j, grade in enumerate(band.grades):
                 yield f"{where}.bands[{i}].grades[{j}].citation.id", grade.criterion.citation
         yield "kidney_failure.citation.id", self.kidney_citation.citation
+        if self.ckd_citation is not None:
+            yield "kidney_failure.ckd_citation.id", self.ckd_citation.citation
         yield "regimen_min_age_citation.citation.id", self.regimen_age_citation.citation
         if self.fractions_citation is not None:
             yield "fractions_citation.citation.id", self.fractions_citation.citation
@@ -186,6 +190,9 @@ class KidneyFailureSchema(Strict):
     conditions = fields.List(fields.String(validate=validate.Length(min=1)), required=True,
                              validate=validate.Length(min=1))
     citation = fields.Nested(CitationRefSchema, required=True)
+    # CKD not on dialysis: deficiency corrected as in the general population (a note, dosing kept)
+    ckd_conditions = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    ckd_citation = fields.Nested(CitationRefSchema)
 
 
 class VitaminDFileSchema(Strict):
@@ -216,6 +223,8 @@ class VitaminDFileSchema(Strict):
             unit=data["unit"], max_age_days=data["max_age_days"], bands=prof.bands,
             kidney_conditions=tuple(kidney["conditions"]),
             kidney_citation=Criterion.of(Interval(), kidney["citation"]),
+            ckd_conditions=tuple(kidney["ckd_conditions"]),
+            ckd_citation=Criterion.of(Interval(), kidney["ckd_citation"]) if kidney.get("ckd_citation") else None,
             supplement_medications=tuple(data["supplement_medications"]),
             regimen_min_age=data["regimen_min_age"],
             regimen_age_citation=Criterion.of(Interval(), age_ref),

@@ -106,7 +106,8 @@ VITAMIN_D_FINDINGS: tuple[str, ...] = (Code.VITAMIN_D_DEFICIENCY, Code.VITAMIN_D
 class Flag(StrEnum):
     """Flags a finding can carry (cards.yaml notes / unless / only)."""
 
-    KIDNEY_FAILURE = "kidney-failure"          # CKD stage 4-5 or dialysis on record (vitamin D cards)
+    KIDNEY_FAILURE = "kidney-failure"          # on dialysis (CKD G5D): vitamin D dosing deferred (vitamin D cards)
+    CKD = "ckd"                                # CKD G4-G5 not on dialysis: corrected as in the general population
     ON_VITAMIN_D = "on-vitamin-d"              # a vitamin D supplement on record
     ON_PROBLEM_LIST = "on-problem-list"        # the finding's condition is already on the problem list
     ON_THERAPY = "on-therapy"                  # osteoporosis therapy on record

@@ -173,12 +173,18 @@ def test_kidney_failure_card_defers_to_kdigo_without_dosing(engine):
         {"resource": {"resourceType": "Condition", "id": "ckd5", "subject": {"reference": f"Patient/{pid}"},
                       "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                                      "code": "active"}]},
-                      "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "N18.5"}]}}}]}
-    (card,) = call(engine, payload)
+                      "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "Z99.2"}]}}}]}
+    (card,) = call(engine, payload)                    # on dialysis (G5D): KDIGO, no draft
     assert "KDIGO" in card["detail"]
     kinds = [a["resource"]["resourceType"] for s in card["suggestions"] for a in s["actions"]]
     assert "MedicationRequest" not in kinds
     assert any(l["url"] == "https://doi.org/10.1016/j.kisu.2017.04.001" for l in card["links"])
+    # CKD stage 4, not on dialysis (KDIGO 3.1.3): corrected as in the general population
+    payload["prefetch"]["conditions"]["entry"][0]["resource"]["code"]["coding"][0]["code"] = "N18.4"
+    (card,) = call(engine, payload)
+    assert "KDIGO" in card["detail"]
+    kinds = [a["resource"]["resourceType"] for s in card["suggestions"] for a in s["actions"]]
+    assert "MedicationRequest" in kinds
 
 
 def test_osteosarcopenia_card_carries_both_sets_of_values(engine):

@@ -84,11 +84,16 @@ def test_latest_vitamin_d_counts_and_future_result_is_ignored(rules):
 
 
 def test_kidney_failure_defers_to_kdigo_without_dosing(rules):
-    for category in ("ckd-stage-4-5", "dialysis"):
-        (f,) = evaluate(facts(m("vitamin-d-25oh", 9), conditions=[category]), rules)
-        assert "kidney-failure" in f.flags
-        assert "kdigo-2017" in f.citations
-        assert "draft-vitamin-d-course" not in f.suggestions
+    # KDIGO 2017: on dialysis (G5D) vitamin D dosing is CKD-MBD care: no draft
+    (f,) = evaluate(facts(m("vitamin-d-25oh", 9), conditions=["dialysis"]), rules)
+    assert "kidney-failure" in f.flags
+    assert "kdigo-2017" in f.citations
+    assert "draft-vitamin-d-course" not in f.suggestions
+    # KDIGO 2017 Rec 3.1.3: CKD G3a-G5 corrected as in the general population: said, course kept
+    (f,) = evaluate(facts(m("vitamin-d-25oh", 9), conditions=["ckd-stage-4-5"]), rules)
+    assert "ckd" in f.flags and "kidney-failure" not in f.flags
+    assert "kdigo-2017" in f.citations
+    assert "draft-vitamin-d-course" in f.suggestions
     (f,) = evaluate(facts(m("vitamin-d-25oh", 9)), rules)
     assert "draft-vitamin-d-course" in f.suggestions
 

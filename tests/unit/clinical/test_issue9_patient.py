@@ -149,3 +149,19 @@ def test_d2_below_detection_keeps_the_bound(rules):
     # D2 "<4" + D3 18 = "<22": deficient or not? no guess, no card
     assert [f for f in findings(rules, patient(birth="1980-01-01"), obs(D3, 18, "ng/mL", rid="a"),
                                 obs(D2, 4, "ng/mL", rid="b", comparator="<")) if f.code.startswith("vitamin")] == []
+
+
+# --------------------------------------------------------------------------- kidney
+# KDIGO 2017 Rec 3.1.3: in CKD G3a-G5D vitamin D deficiency is corrected as in the general
+# population (course kept, the card says so); on dialysis (G5D) dosing is the dialysis team's.
+@pytest.mark.parametrize("system,code,flag,draft", [
+    (ICD, "N18.4", "ckd", True),                 # CKD stage 4, not on dialysis
+    (SNOMED, "431857002", "ckd", True),          # CKD stage 4 (SNOMED)
+    (ICD, "Z99.2", "kidney-failure", False),     # dependence on renal dialysis
+    (SNOMED, "714152005", "kidney-failure", False),   # CKD stage 5 on dialysis
+])
+def test_kidney_disease_and_the_vitamin_d_course(rules, system, code, flag, draft):
+    (f,) = [f for f in findings(rules, patient(birth="1970-01-01"), obs(TOTAL, 14, "ng/mL"),
+                                condition(system, code)) if f.code == "vitamin-d-deficiency"]
+    assert flag in f.flags
+    assert ("draft-vitamin-d-course" in f.suggestions) is draft
