@@ -90,8 +90,13 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
 
 
+_ONE_DECIMAL = frozenset({"t-score", "z-score", "t-score-peripheral"})
+
+
 def _value_text(m: Measurement) -> str:
-    return f"{m.comparator or ''}{fmt_number(m.value)}"
+    """As clinicians write it: scores with one decimal (-3.0, not -3)."""
+    number = f"{m.value:.1f}" if m.kind in _ONE_DECIMAL else fmt_number(m.value)
+    return f"{m.comparator or ''}{number}"
 
 
 def _unit(rules: Rules, code: str) -> str:
@@ -148,6 +153,12 @@ def template_values(finding: Finding, rules: Rules) -> dict[str, str]:
             out[f.name] = value.isoformat()
         else:
             out[f.name] = str(value)
+    m = getattr(finding.variables, "value", None)
+    if isinstance(m, Measurement) and "unit" in out and m.original_unit and \
+            _unit(rules, m.original_unit) != _unit(rules, m.unit):
+        # the value as sent ("62 nmol/L"), the converted one only in parentheses
+        out["value"] = f"{m.comparator or ''}{fmt_number(m.original_value)}"
+        out["unit"] = f"{_unit(rules, m.original_unit)} ({m.value:.1f} {_unit(rules, m.unit)})"
     return out
 
 
@@ -157,18 +168,21 @@ def _short(cr: CardRules, code: str) -> str:
 
 
 # --------------------------------------------------------------------------- detail
+#: At most this many "Next" steps on a card (the card is read in seconds; the rule page has the rest).
+MAX_NEXT_STEPS = 3
+
+
 def _detail(finding: Finding, card_rules: CardText, values: Mapping[str, str], rules: Rules) -> str:
+    """Values (each with its date), Why (the card's sentence), what else is on record, Next (at
+    most three). The criteria applied and the citations are not repeated here: they are the
+    card's links (the finding's rule page first, when a public base URL is set)."""
     labels = rules.cards.labels
     flags = finding.flags
-    parts = [render(card_rules.detail, values)]
-
+    parts = []
     rows = _value_rows(finding, rules)
     if rows:
         parts.append(f"**{labels.values}**\n\n" + "\n".join(rows))
-
-    criteria = [_criterion_row(c, rules) for c in finding.criteria]
-    if criteria:
-        parts.append(f"**{labels.classified}**\n\n" + "\n".join(criteria))
+    parts.append(f"**{labels.why}** " + render(card_rules.detail, values))
 
     notes = [f"- {text.strip()}" for flag, text in card_rules.notes.items() if flag in flags]
     if notes:
@@ -176,12 +190,7 @@ def _detail(finding: Finding, card_rules: CardText, values: Mapping[str, str], r
 
     steps = [f"- {render(s.text, values)}" for s in card_rules.next_steps if s.applies(flags)]
     if steps:
-        parts.append(f"**{labels.next}**\n\n" + "\n".join(steps))
-
-    cits = finding.citations
-    evidence = card_rules.evidence or (rules.citations[cits[0]].evidence if cits else None)
-    if evidence:
-        parts.append(f"**{labels.evidence}:** {evidence.strip()}")
+        parts.append(f"**{labels.next}**\n\n" + "\n".join(steps[:MAX_NEXT_STEPS]))
     return "\n\n".join(parts)
 
 
@@ -191,11 +200,10 @@ def _value_rows(finding: Finding, rules: Rules) -> list[str]:
     labels = cr.labels
     rows = [_measurement_row(m, rules) for m in finding.evidence]
     for d in finding.derived:
-        inputs = ", ".join(_with_unit(f"{cr.kinds.get(m.kind, m.kind)} {_value_text(m)}",
-                                      _unit(rules, m.unit)) for m in d.sources)
         value = fmt_number(d.value) if d.value is not None else ""
+        # its inputs are rows of their own (the evidence): not repeated here
         rows.append(f"- {cr.measures[d.measure]}: {_with_unit(value, _unit(rules, d.unit))} "
-                    f"({labels.computed} {inputs})")
+                    f"({labels.computed})")
     age = getattr(finding.variables, "age", None)
     sex = getattr(finding.variables, "sex", None)
     if age is not None or sex:

@@ -90,6 +90,7 @@ class CardLabels:
     delete_order: str                         # label of the suggestion that deletes a draft order
     delete_action: str                        # its action's description
     rule_page: str = "{title}"                # the card's link to its finding's rule page
+    why: str = "Why:"                         # the label before the card's one-sentence reason
     results: Mapping[str, str] = field(default_factory=dict)
     criteria: Mapping[str, str] = field(default_factory=dict)
     #: 25(OH)D fraction labels (d2, d3, and "sum" for a total added from them)
@@ -270,6 +271,7 @@ class LabelsSchema(Strict):
                            values=fields.String(), load_default=dict)
     rule_page = fields.String(required=True, validate=validate.Regexp(
         r"^[^{}]*(\{title\}[^{}]*)?$", error="may use no placeholder but {title}"))
+    why = fields.String(load_default="Why:")
     fractions = fields.Dict(keys=fields.String(validate=validate.OneOf(["d2", "d3", "sum"])),
                             values=fields.String(), load_default=dict)
 

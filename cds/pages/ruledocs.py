@@ -17,6 +17,7 @@ from marshmallow import fields, validate
 from cds.config import Config
 from cds.knowledge.citations import Citation
 from cds.knowledge.intervals import Criterion, Interval
+from cds.knowledge.intervals import fmt_number
 from cds.knowledge.loader import RulesError, Strict, load_yaml
 from cds.knowledge.rules import Rules, load_rules
 from cds.knowledge.vocabulary import FINDINGS, FLAGS
@@ -25,7 +26,8 @@ PAGES_FILE = "pages.yaml"
 GROUPS = ("vitamin-d", "vitamin-d-kidney", "vitamin-d-regimen-age", "t-score-osteoporosis",
           "t-score-low-bone-mass", "z-score-below-expected", "t-score-age", "diagnostic-sites",
           "repeat-dxa", "screening-age", "sarcopenia-min-age", "sarcopenia-grip",
-          "sarcopenia-mass", "sarcopenia-gait", "order-checks")
+          "sarcopenia-mass", "sarcopenia-gait", "order-checks", "vitamin-d-bone-target",
+          "fracture-rules")
 
 
 class ReadsSchema(Strict):
@@ -321,6 +323,27 @@ class _Builder:
                     for who in ("female", "male")]
         if group == "sarcopenia-min-age":
             return [self.row(what, s.age_citation, text=years(s.min_age))]
+        if group == "vitamin-d-bone-target":
+            target = vd.bone_target
+            return [] if target is None else [self.row(
+                what, target.criterion, vd.kind, self.term.canonical_unit(vd.kind) if self.term else "",
+                vd.stated_equivalents)]
+        if group == "fracture-rules":
+            fr = self.rules.fracture
+            return [
+                self.row(f"{what}: fracture within", fr.gap_citation, text=f"{fr.gap_within_days} days"),
+                self.row(f"{what}: age", fr.gap_citation, text=years(fr.gap_min_age)),
+                self.row(f"{what}: osteoporosis whatever the T-score", fr.clinical_citation,
+                         text=", ".join(fr.sites.get(x, x) for x in fr.clinical_sites)),
+                self.row(f"{what}: first line", fr.first_line_citation, text=fr.first_line),
+                self.row(f"{what}: alendronate drafted from eGFR", fr.alendronate_citation,
+                         text=f"≥ {fmt_number(fr.alendronate_min_egfr)} mL/min/1.73 m²"),
+                self.row(f"{what}: very high risk", fr.very_high_risk_citation,
+                         text=f"fracture within {fr.very_high_risk_fracture_days} days, "
+                              f"≥ {fr.very_high_risk_fracture_count} fractures, or T-score < "
+                              f"{fr.very_high_risk_t_score_below:.1f}"),
+                self.row(f"{what}: CKD G4-G5D", fr.kidney_citation,
+                         text=f"eGFR < {fmt_number(fr.kidney_egfr_below)} or a condition on record")]
         return []
 
     def order_rows(self, code: str) -> list[Row]:

@@ -80,10 +80,13 @@ def test_every_finding_card_is_wire_valid_and_complete(engine_for, finding):
     assert card["source"]["label"] == card["links"][0]["label"]
     assert all(r["system"] == "urn:mskcds:override-reason" for r in card["overrideReasons"])
     detail = card["detail"]
-    for heading in ("**Values used**", "**How it was classified**", "**Consider next**", "**Evidence:**"):
+    # Values / Why / Next: the criteria and citations are the card's links, not its detail
+    for heading in ("**Values used**", "**Why:**", "**Consider next**"):
         if finding == "dxa-screening-due" and heading == "**Values used**":
             continue
         assert heading in detail, heading
+    assert "**How it was classified**" not in detail and "**Evidence:**" not in detail
+    assert detail.count("\n- ", detail.index("**Consider next**")) <= 3   # at most three next steps
     # every value used is shown with its date
     obs = [e["resource"] for e in payload["prefetch"]["observations"].get("entry", [])]
     if finding != "dxa-screening-due":
@@ -154,7 +157,7 @@ def test_uuids_are_fresh_per_card(engine):
 def test_detail_shows_original_unit_threshold_and_profile(engine_2011):
     (card,) = call(engine_2011, request("vitamin-d-insufficiency"))
     assert "24.84 ng/mL (sent as 62 nmol/L)" in card["detail"]
-    assert "≥ 20 and < 30 ng/mL" in card["detail"]
+    assert "62 nmol/L (24.8 ng/mL)" in card["summary"]          # the value as sent, converted in ()
     assert "Endocrine Society 2011" in card["detail"]
     assert card["indicator"] == "info"
 
@@ -240,3 +243,21 @@ def test_every_finding_variable_has_a_clinician_readable_form():
             members = set(typing.get_args(hints[f.name])) or {hints[f.name]}
             if not members <= simple:
                 assert f.name in builder._FORMAT, f"{code}: {cls.__name__}.{f.name} needs a formatter"
+
+
+# Issue 9: a card a clinician reads in seconds. For every shipped example: detail of at most 600
+# characters, and nothing a clinician should not read (rule-file notes, issue references, the
+# project's own commentary from the rules' `where:` texts).
+FORBIDDEN = [re.compile(p, re.I) for p in (r"\bissue \d+", r"issue 3's", r"not re-verified", r"this project",
+                                            r"project notes?", r"cut-off from issue", r"\bwhere:", r"TODO")]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_shipped_example_cards_are_short_and_clinical(engine_for, name):
+    for card in call(engine_for(name), request(name)):
+        assert len(card["summary"]) < 140, card["summary"]
+        assert len(card["detail"]) <= 600, (name, len(card["detail"]))
+        text = card["summary"] + "\n" + card["detail"] + "".join(
+            a.get("description", "") for s in card.get("suggestions", []) for a in s["actions"])
+        for pattern in FORBIDDEN:
+            assert not pattern.search(text), (name, pattern.pattern)

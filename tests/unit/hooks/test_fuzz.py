@@ -101,6 +101,7 @@ prefetches = st.fixed_dictionaries({}, optional={
     "observations": st.none() | bundle_of(observations | resources) | prefetch_values,
     "conditions": st.none() | bundle_of(conditions | resources) | prefetch_values,
     "medications": st.none() | bundle_of(medications | resources) | prefetch_values,
+    "medicationStatements": st.none() | bundle_of(medications | resources) | prefetch_values,
     "extra-key": prefetch_values}) | json_values
 
 
@@ -108,7 +109,8 @@ def valid_request() -> dict[str, Any]:
     return {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
             "context": {"userId": "Practitioner/fz", "patientId": PATIENT},
             "prefetch": {"patient": {"resourceType": "Patient", "id": PATIENT},
-                         "observations": None, "conditions": None, "medications": None}}
+                         "observations": None, "conditions": None, "medications": None,
+                         "medicationStatements": None}}
 
 
 TOP_LEVEL = ["hook", "hookInstance", "fhirServer", "fhirAuthorization", "context", "prefetch",

@@ -228,7 +228,8 @@ def test_long_summary_is_cut_below_140_characters(rules_copy):
     from cds.cards.builder import build_cards
 
     edit(rules_copy / "cards.yaml", lambda d: d["findings"]["vitamin-d-deficiency"].update(
-        summary="Vitamin D deficiency {value} {unit}; treat: {regimen}", summary_by_grade={}))
+        summary="Vitamin D deficiency {value} {unit}; treat: {regimen} Then again: {regimen}",
+        summary_by_grade={}))
     rules = load(rules_copy, vitamin_d_profile="endocrine-society-2011")   # its long regimen
     facts = vitamin_d_facts(15.0)
     (card,) = build_cards(evaluate(facts, rules), facts, rules)
