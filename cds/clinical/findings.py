@@ -176,9 +176,8 @@ class GlucocorticoidVariables:
 
 Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
                   OsteosarcopeniaVariables, OrderValueVariables, NoResultVariables, DuplicateVariables,
-                  RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables]
-Variables = Union[FractureGapVariables, VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
-                  OsteosarcopeniaVariables]
+                  RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables,
+                  FractureGapVariables]
 
 #: finding code → the dataclass of its variables (each code is made with exactly this type)
 FINDING_VARIABLES: Mapping[str, type] = {
