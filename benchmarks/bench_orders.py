@@ -25,11 +25,12 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for p in (str(REPO), str(HERE), str(REPO / "fhir_examples")):
+for p in (str(REPO), str(HERE), str(REPO / "fhir_examples"), str(REPO / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench_service import PATIENT_ID, Gunicorn, typical_request  # noqa: E402
+from bench_service import PATIENT_ID, typical_request  # noqa: E402
+from conftest import ServerProcess  # noqa: E402
 import make_order_examples as mo  # noqa: E402
 
 
@@ -97,17 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                    "patient-view": timed(lambda: engine.call("bone-muscle-health", pv), args.calls),
                    "order-sign (5 drafts)": timed(lambda: engine.call("bone-health-order-sign", sign), args.calls)}}
     with tempfile.TemporaryDirectory() as tmp:
-        server = Gunicorn("cds.wsgi:application", 2, 4, {"MSKCDS_REQUIRE_AUTH": "false",
-                                                         "MSKCDS_DATA_DIR": tmp,
-                                                         "MSKCDS_DATABASE_URL": f"sqlite:///{tmp}/b.sqlite3"})
+        server = ServerProcess({"MSKCDS_REQUIRE_AUTH": "false", "MSKCDS_DATA_DIR": tmp,
+                                "MSKCDS_LOG_LEVEL": "WARNING",
+                                "MSKCDS_DATABASE_URL": f"sqlite:///{tmp}/b.sqlite3"}, workers=2)
         try:
-            server.wait_healthy()
+            server.start()
             s = requests.Session()
             pv_body, sign_body = json.dumps(pv).encode(), json.dumps(sign).encode()
             headers = {"Content-Type": "application/json"}
 
             def post(path: str, body: bytes) -> None:
-                r = s.post(server.base + path, data=body, headers=headers, timeout=30)
+                r = s.post(server.url(path), data=body, headers=headers, timeout=30)
                 assert r.status_code == 200, r.text
 
             results["http"] = {
