@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
-import time
 import uuid
 from datetime import date
 from pathlib import Path
@@ -196,22 +194,6 @@ def test_osteosarcopenia_card_carries_both_sets_of_values(engine):
     assert "Grip strength (right): 14 kg" in card["detail"]
     assert "ASM index" in card["detail"]
     assert card["summary"].startswith("Osteosarcopenia: osteoporosis")
-
-
-def test_evaluate_and_cards_are_fast():
-    rules = load_rules(Config())
-    payload = request("osteosarcopenia")
-    resources = [payload["prefetch"]["patient"]] + [
-        e["resource"] for e in payload["prefetch"]["observations"]["entry"]]
-    facts = normalize(resources, payload["context"]["patientId"], rules, as_of=ANCHOR)
-    timings = []
-    for _ in range(200):
-        start = time.perf_counter()
-        build_cards(evaluate(facts, rules), facts, rules)
-        timings.append((time.perf_counter() - start) * 1000)
-    median = statistics.median(timings)
-    print(f"evaluate+cards median {median:.3f} ms")
-    assert median < 5.0, f"evaluate+cards median {median:.2f} ms (target < 5 ms)"
 
 
 def test_original_value_shown_only_when_it_differs(engine):
