@@ -306,6 +306,11 @@ class Target:
 
 def auth_module() -> Any:
     try:
+        from cds.security import tokens  # key and token tooling (since the security split)
+        return tokens
+    except ImportError:
+        pass
+    try:
         from cds.security import auth
     except ImportError:  # a checkout from before the package layout
         from cds import auth  # type: ignore[no-redef]
