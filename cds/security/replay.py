@@ -114,7 +114,7 @@ class SqlReplayCache:
         # The service's one engine factory; NORMAL: no fsync per commit in WAL (a replay
         # record lost to a power cut lets one token be replayed within its short lifetime).
         # PostgreSQL: the small pool the cache always had (a larger one with a shorter wait
-        # held requests past 5 s while the server was down: test_hardening_stores).
+        # held requests past 5 s while the server was down: test_store_faults_http).
         return build_engine(self.url.render_as_string(hide_password=False),
                             setting="MSKCDS_REPLAY_CACHE_URL", synchronous="NORMAL",
                             pg_pool=(2, 4, 30.0))

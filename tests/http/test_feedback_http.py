@@ -338,7 +338,7 @@ def test_admin_summary_and_feedback_need_a_token_when_auth_is_on(tmp_path):
     from auth_support import new_ec_signer, write_clients
 
     ehr = new_ec_signer("https://ehr.example.org", "feedback-test-key")
-    # admin: the summary is for clients marked so (test_hardening_tenants: others get 403)
+    # admin: the summary is for clients marked so (test_tenant_separation_http: others get 403)
     clients = write_clients(tmp_path / "clients.yaml", [{"iss": ehr.iss, "jwks": ehr.jwks(),
                                                          "admin": True}])
     env = {"MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": str(clients),

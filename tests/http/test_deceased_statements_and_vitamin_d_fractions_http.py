@@ -1,4 +1,4 @@
-"""Issue 9 through a real gunicorn server: a deceased patient gets no cards, MedicationStatement is
+"""Through a real gunicorn server: a deceased patient gets no cards, MedicationStatement is
 read from its own prefetch key, and 25(OH)D fractions are added (real HTTP, no stubs)."""
 from __future__ import annotations
 
