@@ -142,7 +142,10 @@ def test_rules_info_and_no_patient_data_in_labels(server):
     text = r.text
     rules = [line for line in text.splitlines() if line.startswith("mskcds_rules_info{")]
     assert len(rules) == 1 and rules[0].endswith(" 1.0"), rules
-    assert 'vitamin_d_profile="endocrine-society-2011"' in rules[0]
+    # the profiles the server loaded: the defaults, as Config states them
+    from cds.config import Config
+    assert f'vitamin_d_profile="{Config().vitamin_d_profile}"' in rules[0]
+    assert f'sarcopenia_profile="{Config().sarcopenia_profile}"' in rules[0]
     patient_id = EXAMPLE["context"]["patientId"]
     assert patient_id not in text
     assert "Practitioner/" not in text and EXAMPLE["hookInstance"] not in text
