@@ -138,7 +138,9 @@ def test_every_order_example_gives_its_card(server, order_example_dir, name, hoo
     assert topics(cards) == ([finding] if finding else [])
     for card in cards:
         assert len(card["summary"]) < 140 and card["source"]["url"].startswith("https://")
-        assert "**Consider next**" in card["detail"] and "**Evidence:**" in card["detail"]
+        assert "**Why:**" in card["detail"] and "**Consider next**" in card["detail"]
+        # the citation leaves the detail for a link (the card stays short): the source is linked
+        assert card["source"]["url"] in {link["url"] for link in card["links"]}
         _check_actions(card, body)
 
 
