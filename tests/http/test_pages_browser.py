@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -70,22 +70,50 @@ def signer():
     return new_ec_signer(ISS, "pages-es384")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, signer) -> Iterator[ServerProcess]:
+def _pages_server(tmp_path_factory, signer, profile: str | None = None) -> ServerProcess:
     """Authentication on, the preview switched on, the public base URL = this server."""
     tmp = tmp_path_factory.mktemp("pages-server")
     clients = write_clients(tmp / "clients.yaml", [{"iss": ISS, "jwks": signer.jwks()}])
-    srv = ServerProcess({"MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": str(clients),
-                         "MSKCDS_PREVIEW_ENABLED": "true",
-                         "MSKCDS_REPLAY_CACHE_URL": "memory",
-                         "MSKCDS_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"},
-                        workers=2, log_path=tmp / "server.log")
+    env = {"MSKCDS_REQUIRE_AUTH": "true", "MSKCDS_CLIENTS_FILE": str(clients),
+           "MSKCDS_PREVIEW_ENABLED": "true",
+           "MSKCDS_REPLAY_CACHE_URL": "memory",
+           "MSKCDS_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+    if profile:
+        env["MSKCDS_VITAMIN_D_PROFILE"] = profile
+    srv = ServerProcess(env, workers=2, log_path=tmp / "server.log")
     srv.env["MSKCDS_PUBLIC_BASE_URL"] = srv.base_url
     srv.start(timeout=90)   # with the preview on, start-up loads matplotlib
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, signer) -> Iterator[ServerProcess]:
+    srv = _pages_server(tmp_path_factory, signer)
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server_for(tmp_path_factory, signer, server) -> Iterator[Callable[[str], ServerProcess]]:
+    """The server an example needs: the default one, or one on the vitamin D profile the
+    example names in examples.json (started on first use)."""
+    others: dict[str, ServerProcess] = {}
+
+    def pick(name: str) -> ServerProcess:
+        profile = MANIFEST["examples"][name].get("profile")
+        if not profile:
+            return server
+        if profile not in others:
+            others[profile] = _pages_server(tmp_path_factory, signer, profile)
+        return others[profile]
+
+    try:
+        yield pick
+    finally:
+        for srv in others.values():
+            srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +270,8 @@ def test_rule_page_states_its_thresholds_codes_and_sources(browser, server, axe,
 
 # --------------------------------------------------------------------------- the preview
 @pytest.mark.parametrize("name", NAMES)
-def test_preview_of_every_example(browser, server, signer, axe, example_dir, tmp_path, name):
+def test_preview_of_every_example(browser, server_for, signer, axe, example_dir, tmp_path, name):
+    server = server_for(name)
     request = json.loads((example_dir / f"{name}.request.json").read_text())
     cards = service_cards(server, signer, request)
     finding = MANIFEST["examples"][name]["finding"]
@@ -317,9 +346,10 @@ def test_cli_preview_file_opens_offline(browser, axe, example_dir, tmp_path):
     opened.close()
 
 
-def test_every_card_link_to_a_rule_page_resolves(server, signer, example_dir):
+def test_every_card_link_to_a_rule_page_resolves(server_for, signer, example_dir):
     seen = set()
     for name in NAMES:
+        server = server_for(name)
         request = json.loads((example_dir / f"{name}.request.json").read_text())
         for card in service_cards(server, signer, request):
             code = card["source"]["topic"]["code"]
