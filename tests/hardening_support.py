@@ -197,8 +197,17 @@ class Load:
                     f = session.post(self.feedback_url, json={"feedback": [item]},
                                      headers=self.headers_for(self.feedback_url),
                                      timeout=self.timeout)
-                    out.feedback = f.status_code
                     out.transient_ok = out.transient_ok and self._transient_ok(f)
+                    if f.status_code == 503 and self._transient_ok(f) and not self._stop:
+                        # As an EHR does: a 503 with Retry-After is answered by one retry after
+                        # that pause (a card issued just after an outage may still be queued in
+                        # the issuing worker's writer); the retry's answer is the outcome.
+                        time.sleep(min(int(f.headers["Retry-After"]), 5))
+                        f = session.post(self.feedback_url, json={"feedback": [item]},
+                                         headers=self.headers_for(self.feedback_url),
+                                         timeout=self.timeout)
+                        out.transient_ok = out.transient_ok and self._transient_ok(f)
+                    out.feedback = f.status_code
                 except requests.RequestException as exc:
                     out.feedback = exc.__class__.__name__
             self.outcomes.append(out)
