@@ -241,6 +241,23 @@ class Owner:
     tenant: str | None = None
 
 
+def _log_not_recorded(cards: list[dict[str, Any]], exc: Exception) -> None:
+    log.error("issued cards not recorded", extra={"fields": {
+        "cards": len(cards), "error": exc.__class__.__name__}})
+
+
+def _issued_rows(service_id: str, hook: str, hook_instance: str, cards: list[dict[str, Any]],
+                 owner: Owner | None) -> list[dict[str, Any]] | None:
+    """The issued-card rows of one answer (one timestamp), or None (logged) when a card
+    cannot become a row; written now (record_issued) or queued (queue_issued)."""
+    now = utcnow()
+    try:
+        return [_issued_row(service_id, hook, hook_instance, card, now, owner) for card in cards]
+    except (KeyError, TypeError, ValueError) as exc:
+        _log_not_recorded(cards, exc)
+        return None
+
+
 def _issued_row(service_id: str, hook: str, hook_instance: str, card: Mapping[str, Any],
                 now: datetime, owner: Owner | None = None) -> dict[str, Any]:
     topic = (card.get("source") or {}).get("topic") or {}
@@ -341,15 +358,14 @@ class SqlStore:
         """
         if not cards:
             return True
-        now = utcnow()
+        rows = _issued_rows(service_id, hook, hook_instance, cards, owner)
+        if rows is None:
+            return False
         try:
-            rows = [_issued_row(service_id, hook, hook_instance, card, now, owner)
-                    for card in cards]
             with self._write(sqlite_synchronous=ISSUED_SYNCHRONOUS) as conn:
                 conn.execute(issued_cards.insert(), rows)
         except (StorageUnavailable, SQLAlchemyError, KeyError, TypeError, ValueError) as exc:
-            log.error("issued cards not recorded", extra={"fields": {
-                "cards": len(cards), "error": exc.__class__.__name__}})
+            _log_not_recorded(cards, exc)
             return False
         return True
 
@@ -361,13 +377,8 @@ class SqlStore:
             return self.record_issued(service_id, hook, hook_instance, cards, owner)
         if not cards:
             return True
-        now = utcnow()
-        try:
-            rows = [_issued_row(service_id, hook, hook_instance, card, now, owner)
-                    for card in cards]
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("issued cards not recorded", extra={"fields": {
-                "cards": len(cards), "error": exc.__class__.__name__}})
+        rows = _issued_rows(service_id, hook, hook_instance, cards, owner)
+        if rows is None:
             return False
         return self.writer.submit(rows) == len(rows)
 
