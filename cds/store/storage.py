@@ -43,14 +43,15 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 from sqlalchemy import (Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String,
                         Table, Text, false, func, select, text)
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, OperationalError,
+                            SQLAlchemyError)
 from sqlalchemy.types import TypeDecorator
 
 from cds.hooks import wire
 from cds.config import Config, ConfigError
 from cds.store.db import ProcessLocalEngine, build_engine, describe_url, upsert_insert
 from cds.store.migrate import migrate
-from cds.store.writer import IssuedCardWriter
+from cds.store.writer import IssuedCardWriter, SharedClock
 from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
@@ -64,9 +65,11 @@ ISSUED_SYNCHRONOUS = "NORMAL"
 UNKNOWN_FINDING = "(unknown card)"
 NO_REASON = "(no reason given)"
 COMMENT_ONLY = "(comment only)"
-#: Seconds after this process last found the database unavailable during which feedback on
+#: Seconds after any worker last found the database unavailable during which feedback on
 #: an unknown card is a 503 (retry) rather than a 400: its record may still be queued in
-#: another worker's issued-card writer, written moments after the database came back.
+#: another worker's issued-card writer, written moments after the database came back. The
+#: time is shared by the workers (``SharedClock``): the worker that answers the feedback
+#: may never have met the outage itself.
 UNKNOWN_CARD_GRACE_SECONDS = 30.0
 #: How long feedback waits for a card that is not on file yet (another worker's writer may
 #: hold it for a few milliseconds; under load, a few hundred).
@@ -300,7 +303,9 @@ class SqlStore:
         self.url = url
         self.unknown_card = unknown_card
         self._engines = ProcessLocalEngine(lambda: build_engine(url))
-        self._last_unavailable: float | None = None
+        #: When a worker of this server last found the database unavailable (shared by the
+        #: workers gunicorn forks from the process that built the store).
+        self._unavailable_at = SharedClock()
         #: Issued-card records queued off the request path (None: written in the request).
         self.writer = (IssuedCardWriter(self._insert_issued, capacity=issued_queue_max,
                                         transient=(StorageUnavailable,))
@@ -325,8 +330,14 @@ class SqlStore:
                     yield conn
         except ServiceError:
             raise
-        except OperationalError as exc:
-            self._last_unavailable = _monotonic()
+        except (OperationalError, InterfaceError, DBAPIError) as exc:
+            # A server that is down, restarting, or dropped the connection (psycopg's
+            # InterfaceError on a closed connection; any DBAPI error SQLAlchemy marked as a
+            # disconnect). Other DBAPI errors (a refused row) are not an outage.
+            if not isinstance(exc, (OperationalError, InterfaceError)) \
+                    and not exc.connection_invalidated:
+                raise
+            self._unavailable_at.mark()
             log.error("feedback database unavailable: %s", exc.__class__.__name__,
                       extra={"fields": {"store": "database"}})
             raise StorageUnavailable(Issue("The feedback database is busy or unavailable; "
@@ -388,8 +399,7 @@ class SqlStore:
             conn.execute(_insert_ignore(conn, issued_cards, "card_uuid"), rows)
 
     def recently_unavailable(self) -> bool:
-        last = self._last_unavailable
-        return last is not None and _monotonic() - last < UNKNOWN_CARD_GRACE_SECONDS
+        return self._unavailable_at.within(UNKNOWN_CARD_GRACE_SECONDS)
 
     # ------------------------------------------------------------- feedback
     def _await_issued(self, cards: list[str]) -> None:
@@ -679,12 +689,6 @@ class _Known:
     card_uuid: str
     service_id: str
     suggestion_uuids: str
-
-
-def _monotonic() -> float:
-    import time as _time
-
-    return _time.monotonic()
 
 
 def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -22,7 +22,9 @@ Rows carry no patient data (see ``storage._issued_row``); nothing of them is log
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -36,6 +38,11 @@ BATCH = 500
 #: Seconds the thread gathers rows before it writes them: under load several calls share one
 #: transaction, and each call wakes the thread at most once per window, not once per call.
 GATHER = 0.02
+#: Tries of a batch the database refuses for another reason than being unavailable, before
+#: its records are dropped (counted and logged): a transient fault that surfaces as another
+#: error must not lose records, and a row that can never be written must not block the queue
+#: (5 tries with the backoff below span about 0.75 s).
+REFUSED_TRIES = 5
 #: Backoff while the database is unavailable (seconds, doubling up to the maximum).
 RETRY_FIRST = 0.05
 RETRY_MAX = 0.5
@@ -51,6 +58,30 @@ def flush_all(timeout: float = 5.0) -> None:
     """Write what every writer of this process still holds (at worker exit)."""
     for writer in list(_writers):
         writer.close(timeout)
+
+
+class SharedClock:
+    """A moment (``time.monotonic()``, one clock for all processes on the host) shared by the
+    processes forked after this object was made: gunicorn ``--preload`` builds the store once,
+    so what one worker marks, every worker reads. Falls back to a process-local value where
+    shared memory cannot be had."""
+
+    def __init__(self) -> None:
+        self._local = 0.0
+        try:
+            self._shared: Any = multiprocessing.RawValue(ctypes.c_double, 0.0)
+        except OSError:  # pragma: no cover - no /dev/shm
+            self._shared = None
+
+    def mark(self) -> None:
+        now = time.monotonic()
+        if self._shared is not None:
+            self._shared.value = now
+        self._local = now
+
+    def within(self, seconds: float) -> bool:
+        last = self._shared.value if self._shared is not None else self._local
+        return last > 0.0 and time.monotonic() - last < seconds
 
 
 class Unavailable(Exception):
@@ -128,6 +159,7 @@ class IssuedCardWriter:
     # ------------------------------------------------------------- the thread
     def _run(self) -> None:
         delay = RETRY_FIRST
+        refused = 0
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -160,16 +192,24 @@ class IssuedCardWriter:
                     self._cond.wait(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            except Exception as exc:  # a row the database refuses: never retried forever
-                log.error("issued-card records not written", extra={"fields": {
-                    "cards": len(batch), "error": exc.__class__.__name__}})
+            except Exception as exc:  # refused: tried again a few times, never forever
+                refused += 1
                 with self._cond:
                     for k in batch:
                         self._inflight.pop(k, None)
+                    if refused < REFUSED_TRIES and not self._stopping:
+                        self._pending = {**batch, **self._pending}
+                        self._cond.wait(delay)
+                        delay = min(delay * 2, RETRY_MAX)
+                        continue
                     self.dropped += len(batch)
+                    log.error("issued-card records not written", extra={"fields": {
+                        "cards": len(batch), "error": exc.__class__.__name__}})
                     self._cond.notify_all()
+                refused = 0
                 continue
             delay = RETRY_FIRST
+            refused = 0
             if self.outage_since is not None:
                 log.info("issued-card records written after the database came back",
                          extra={"fields": {"outage_s": round(time.monotonic() - self.outage_since, 1),

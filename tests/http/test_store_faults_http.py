@@ -86,7 +86,10 @@ def _check(load: Load, start: float, end: float, server, store_name: str) -> flo
     assert all(o.transient_ok for o in during), "a 503 without Retry-After / 'transient'"
     assert any(o.call == 503 for o in during), "the fault did not reach the service"
     # After: whole again within seconds, and stays so (no restart).
-    assert recovery <= RECOVERY_LIMIT, (recovery, counts(after))
+    # On failure, say what the server logged (errors other than the refused tokens).
+    errors = [line[:300] for line in server.log_text().splitlines()
+              if '"level":"error"' in line and "replay cache unavailable" not in line]
+    assert recovery <= RECOVERY_LIMIT, (recovery, counts(after), errors[-20:])
     tail = load.between(end + RECOVERY_LIMIT, float("inf"))
     assert tail and all(Load.ok(o) for o in tail), counts(tail)
     assert any(o.feedback == 200 for o in tail)

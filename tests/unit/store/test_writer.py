@@ -99,7 +99,7 @@ def test_records_are_kept_while_the_database_is_down_and_written_when_it_is_back
     def flaky(rows):
         attempts.append(len(rows))
         if not back.is_set():
-            store._last_unavailable = time.monotonic()
+            store._unavailable_at.mark()
             raise StorageUnavailable(Issue("down", code="transient"))
         real(rows)
     store.writer._write = flaky
@@ -148,3 +148,48 @@ def test_queue_off_writes_in_the_request(tmp_path):
     card = make_card("osteoporosis", 1)
     assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
     assert store.counts()["issued_cards"] == 1
+
+
+def test_a_batch_refused_once_is_tried_again_and_a_batch_always_refused_is_dropped(tmp_path, caplog):
+    store = store_at(tmp_path)
+    assert store.writer is not None
+    real = store._insert_issued
+    calls = []
+
+    def refused_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise ValueError("refused once")  # e.g. a fault that surfaces as another error
+        real(rows)
+    store.writer._write = refused_once
+    card = make_card("osteoporosis", 1)
+    assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+    assert store.writer.flush(10)
+    assert len(calls) == 2 and store.writer.dropped == 0
+    assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
+
+    def always_refused(rows):
+        calls.append(len(rows))
+        raise ValueError("never")
+    store.writer._write = always_refused
+    calls.clear()
+    with caplog.at_level(logging.ERROR, logger="mskcds.storage"):
+        assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()),
+                                  [make_card("osteoporosis", 1)])
+        assert store.writer.flush(10)
+    assert len(calls) == writer_mod.REFUSED_TRIES and store.writer.dropped == 1
+    assert [r.getMessage() for r in caplog.records].count("issued-card records not written") == 1
+
+
+@pytest.mark.slow  # forks a process
+def test_an_outage_one_worker_met_is_known_to_every_worker_forked_after_the_store():
+    import multiprocessing
+
+    clock = writer_mod.SharedClock()
+    assert not clock.within(30)
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=clock.mark)  # another worker meets the outage
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert clock.within(30) and not clock.within(0)
