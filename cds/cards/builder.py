@@ -91,12 +91,17 @@ def render(template: str, values: Mapping[str, str]) -> str:
 
 
 _ONE_DECIMAL = frozenset({"t-score", "z-score", "t-score-peripheral"})
+_THREE_DECIMALS = frozenset({"bmd"})   # DXA reports BMD in g/cm² to three decimals
+
+
+def _number(kind: str, value: float) -> str:
+    """As clinicians write it: scores with one decimal (-3.0, not -3), BMD with three (0.812)."""
+    return f"{value:.1f}" if kind in _ONE_DECIMAL else \
+        f"{value:.3f}" if kind in _THREE_DECIMALS else fmt_number(value)
 
 
 def _value_text(m: Measurement) -> str:
-    """As clinicians write it: scores with one decimal (-3.0, not -3)."""
-    number = f"{m.value:.1f}" if m.kind in _ONE_DECIMAL else fmt_number(m.value)
-    return f"{m.comparator or ''}{number}"
+    return f"{m.comparator or ''}{_number(m.kind, m.value)}"
 
 
 def _unit(rules: Rules, code: str) -> str:
@@ -125,6 +130,7 @@ def _component(rules: Rules, part: Finding) -> str:
 #: How a variable is shown in card text, by name (any other: str(), a date: ISO 8601).
 _FORMAT: dict[str, Callable[[Rules, Any], str]] = {
     "value": lambda rules, m: _value_text(m),
+    "previous": lambda rules, m: _value_text(m),
     "unit": _unit,
     "site": lambda rules, site: rules.cards.sites.get(site, site),
     "sex": lambda rules, sex: rules.cards.labels.sex.get(sex, sex),
@@ -232,7 +238,7 @@ def _measurement_row(m: Measurement, rules: Rules) -> str:
     label = measurement_label(m, rules)
     text = _with_unit(_value_text(m), _unit(rules, m.unit))
     if m.original_unit:
-        original = _with_unit(f"{m.comparator or ''}{fmt_number(m.original_value)}",
+        original = _with_unit(f"{m.comparator or ''}{_number(m.kind, m.original_value)}",
                               _unit(rules, m.original_unit))
         if original != text:   # converted: show what was sent too
             text += f" ({cr.labels.sent_as} {original})"

@@ -1,5 +1,5 @@
-"""Bone density from the most recent DXA (T- or Z-scores by age) and DXA screening by age and
-sex (rules/bone.yaml)."""
+"""Bone density from the most recent DXA (T- or Z-scores by age), significant BMD loss between the
+last two scans, and DXA screening by age and sex (rules/bone.yaml)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from datetime import date
 
 from cds.clinical.common import any_condition, any_medication, future, make_finding, unread_since, usable
 from cds.clinical.facts import Measurement, PatientFacts, age_on
-from cds.clinical.findings import Applied, BoneVariables, Finding, ScreeningVariables
+from cds.clinical.findings import Applied, BmdChangeVariables, BoneVariables, Finding, ScreeningVariables
 from cds.knowledge.bone import BoneRules
 from cds.knowledge.intervals import Criterion, Interval
 from cds.knowledge.rules import Rules
@@ -141,3 +141,68 @@ def dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
     return make_finding(rules, Code.DXA_SCREENING_DUE, variables, facts=None, evidence=[],
                         flags=set(), citations=[rule.citation, b.screening_age["female"].citation],
                         criteria=(Applied("age", rule, "", facts.gender),))
+
+
+def bmd_loss(facts: PatientFacts, rules: Rules) -> Finding | None:
+    """bmd-significant-loss: at a site with a least significant change (LSC) in the rules, the
+    latest DXA BMD is lower than the previous scan's by the LSC or more (% of the previous value).
+    Same-day results are one scan (never "the previous" one); a scan day whose results disagree,
+    a value sent as a range, or an unreadable BMD dated on or after the previous scan (it may be
+    the real latest or previous scan) leaves the site uncompared."""
+    b = rules.bone
+    if future(facts, Kind.BMD):
+        return None   # a scan dated after today is the latest one: not read, no guess
+    series: dict[tuple[str, str | None], list[Measurement]] = {}
+    for m in usable(facts, Kind.BMD):
+        if m.site in b.lsc_percent:
+            series.setdefault((m.site, m.laterality), []).append(m)
+    losses = []
+    for (site, _side), values in series.items():
+        pair = _latest_two_scans(values)
+        if pair is None or unread_since(facts, Kind.BMD, pair[1].day):
+            continue
+        latest, previous = pair
+        change = round((previous.value - latest.value) / previous.value * 100, 9)
+        if change >= b.lsc_percent[site]:   # ISCD: significant when it equals or exceeds the LSC
+            losses.append((change / b.lsc_percent[site], change, latest, previous))
+    if not losses:
+        return None
+    losses.sort(key=lambda x: x[0], reverse=True)   # the loss furthest beyond its site's LSC first
+    _, change, latest, previous = losses[0]
+    assert latest.site is not None
+    lsc = b.lsc_percent[latest.site]
+    variables = BmdChangeVariables(
+        date=latest.day, profile=b.label, site=latest.site, value=latest, unit=latest.unit,
+        previous=previous, previous_date=previous.day, change=_shown_at_least(change, lsc),
+        lsc=f"{lsc:.1f}" if float(f"{lsc:.1f}") == lsc else f"{lsc:g}")
+    evidence = [m for _, _, new, old in losses for m in (new, old)]
+    flags = {Flag.ON_THERAPY} if any_medication(facts, b.suppress_medications) else set()
+    return make_finding(rules, Code.BMD_SIGNIFICANT_LOSS, variables, facts=facts, evidence=evidence,
+                        flags=flags, citations=[b.lsc_citation.citation],
+                        criteria=(Applied(Kind.BMD, b.lsc_citation, "%", Code.BMD_SIGNIFICANT_LOSS),))
+
+
+def _latest_two_scans(values: list[Measurement]) -> tuple[Measurement, Measurement] | None:
+    """The latest and the previous scan day's BMD (``values`` newest first, one site and side);
+    None when there is no earlier day, or either day's results disagree or were sent as a range."""
+    days: dict[date, list[Measurement]] = {}
+    for m in values:
+        days.setdefault(m.day, []).append(m)
+    if len(days) < 2:
+        return None
+    picked = []
+    for day in sorted(days, reverse=True)[:2]:
+        same_day = days[day]
+        if any(m.comparator for m in same_day) or len({m.value for m in same_day}) > 1:
+            return None
+        picked.append(same_day[0])
+    return picked[0], picked[1]
+
+
+def _shown_at_least(value: float, limit: float) -> str:
+    """``value`` with one decimal, or more when one decimal would show it below ``limit``."""
+    for decimals in range(1, 6):
+        text = f"{value:.{decimals}f}"
+        if float(text) >= limit:
+            return text
+    return f"{value:g}"

@@ -9,7 +9,7 @@ and the suggestion ids to offer.
 """
 from __future__ import annotations
 
-from cds.clinical.bone import dxa_screening, evaluate_bone
+from cds.clinical.bone import bmd_loss, dxa_screening, evaluate_bone
 from cds.clinical.combined import osteosarcopenia
 from cds.clinical.facts import PatientFacts
 from cds.clinical.fracture import clinical_osteoporosis, lowest_t_score, treatment_gap, with_treatment
@@ -41,6 +41,9 @@ def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
         findings.append(combined)
     else:
         findings.extend(f for f in (bone, sarcopenia) if f is not None)
+    loss = bmd_loss(facts, rules)
+    if loss is not None:
+        findings.append(loss)
     screening = dxa_screening(facts, rules)
     if screening:
         findings.append(screening)

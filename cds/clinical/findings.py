@@ -76,6 +76,19 @@ class FractureGapVariables:
 
 
 @dataclass(frozen=True)
+class BmdChangeVariables:
+    date: date                 # the latest scan's day
+    profile: str
+    site: str                  # the site compared
+    value: Measurement         # the latest BMD there
+    unit: str                  # its canonical unit (UCUM)
+    previous: Measurement      # the previous scan's BMD at the same site
+    previous_date: date
+    change: str                # the decrease, % of the previous value, as shown ("6.1")
+    lsc: str                   # the site's least significant change, % ("5.3")
+
+
+@dataclass(frozen=True)
 class ScreeningVariables:
     date: date                 # today
     profile: str
@@ -177,7 +190,7 @@ class GlucocorticoidVariables:
 Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
                   OsteosarcopeniaVariables, OrderValueVariables, NoResultVariables, DuplicateVariables,
                   RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables,
-                  FractureGapVariables]
+                  FractureGapVariables, BmdChangeVariables]
 
 #: finding code → the dataclass of its variables (each code is made with exactly this type)
 FINDING_VARIABLES: Mapping[str, type] = {
@@ -187,6 +200,7 @@ FINDING_VARIABLES: Mapping[str, type] = {
     Code.BMD_BELOW_EXPECTED: BoneVariables,
     Code.DXA_SCREENING_DUE: ScreeningVariables,
     Code.FRACTURE_TREATMENT_GAP: FractureGapVariables,
+    Code.BMD_SIGNIFICANT_LOSS: BmdChangeVariables,
     Code.LOW_MUSCLE_MASS: SarcopeniaVariables, Code.SARCOPENIA_PROBABLE: SarcopeniaVariables,
     Code.SARCOPENIA_CONFIRMED: SarcopeniaVariables, Code.SARCOPENIA_SEVERE: SarcopeniaVariables,
     Code.OSTEOSARCOPENIA: OsteosarcopeniaVariables,

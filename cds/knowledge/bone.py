@@ -39,6 +39,10 @@ class BoneRules:
     suppress_conditions: tuple[str, ...]
     suppress_medications: tuple[str, ...]
     screening_age: Mapping[str, Criterion]   # "female"/"male" → age rule
+    # least significant BMD change, % of the previous value, per site (bmd-significant-loss;
+    # also the trend chart's band); a site not listed is never compared
+    lsc_percent: Mapping[str, float]
+    lsc_citation: Criterion
 
     def citation_refs(self) -> Iterator[tuple[str, str]]:
         """(field, citation id) for every citation bone.yaml names."""
@@ -50,6 +54,7 @@ class BoneRules:
         yield "repeat_dxa_citation.citation.id", self.repeat_dxa_citation.citation
         for sex, rule in self.screening_age.items():
             yield f"screening.{sex}.citation.id", rule.citation
+        yield "lsc_citation.id", self.lsc_citation.citation
 
 
 class BandSchema(BoundsSchema):
@@ -100,6 +105,10 @@ class BoneFileSchema(Strict):
     repeat_dxa_after_days = fields.Integer(required=True, strict=True, validate=validate.Range(min=30))
     repeat_dxa_citation = fields.Nested(CitationRefSchema, required=True)
     fracture_conditions = fields.List(fields.String(), required=True)
+    lsc_percent = fields.Dict(keys=fields.String(validate=validate.OneOf(SITES)),
+                              values=fields.Float(validate=validate.Range(min=0.1, max=50)),
+                              required=True)
+    lsc_citation = fields.Nested(CitationRefSchema, required=True)
     screening = fields.Nested(ScreeningSchema, required=True)
 
     @validates_schema
@@ -134,4 +143,5 @@ class BoneFileSchema(Strict):
             screening_kinds=tuple(scr["dxa_kinds"]),
             suppress_conditions=tuple(scr["suppress_conditions"]),
             suppress_medications=tuple(scr["suppress_medications"]),
-            screening_age={"female": scr["female"], "male": scr["male"]})
+            screening_age={"female": scr["female"], "male": scr["male"]},
+            lsc_percent=dict(data["lsc_percent"]), lsc_citation=cited(data["lsc_citation"]))

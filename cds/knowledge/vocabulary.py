@@ -92,6 +92,7 @@ class Code(StrEnum):
     ORDER_ADT_BONE_HEALTH = "order-adt-bone-health"
     VITAMIN_D_BELOW_BONE_TARGET = "vitamin-d-below-bone-target"
     FRACTURE_TREATMENT_GAP = "fracture-treatment-gap"
+    BMD_SIGNIFICANT_LOSS = "bmd-significant-loss"          # clinical.bone: BMD fell by the LSC or more
 
 
 FINDINGS: tuple[str, ...] = tuple(c.value for c in Code)

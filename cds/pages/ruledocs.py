@@ -27,7 +27,7 @@ GROUPS = ("vitamin-d", "vitamin-d-kidney", "vitamin-d-regimen-age", "t-score-ost
           "t-score-low-bone-mass", "z-score-below-expected", "t-score-age", "diagnostic-sites",
           "repeat-dxa", "screening-age", "sarcopenia-min-age", "sarcopenia-grip",
           "sarcopenia-mass", "sarcopenia-gait", "order-checks", "vitamin-d-bone-target",
-          "fracture-rules")
+          "fracture-rules", "bmd-lsc")
 
 
 class ReadsSchema(Strict):
@@ -328,6 +328,10 @@ class _Builder:
             return [] if target is None else [self.row(
                 what, target.criterion, vd.kind, self.term.canonical_unit(vd.kind) if self.term else "",
                 vd.stated_equivalents)]
+        if group == "bmd-lsc":
+            return [self.row(f"{what}, {self.cr.sites.get(site, site)}", b.lsc_citation,
+                             text=f"≥ {pct:g} % of the previous BMD")
+                    for site, pct in b.lsc_percent.items()]
         if group == "fracture-rules":
             fr = self.rules.fracture
             return [
