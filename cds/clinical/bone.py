@@ -154,7 +154,7 @@ def bmd_loss(facts: PatientFacts, rules: Rules) -> Finding | None:
         return None   # a scan dated after today is the latest one: not read, no guess
     series: dict[tuple[str, str | None], list[Measurement]] = {}
     for m in usable(facts, Kind.BMD):
-        if m.site in b.lsc_percent:
+        if m.site is not None and m.site in b.lsc_percent:
             series.setdefault((m.site, m.laterality), []).append(m)
     losses = []
     for (site, _side), values in series.items():
@@ -176,7 +176,7 @@ def bmd_loss(facts: PatientFacts, rules: Rules) -> Finding | None:
         previous=previous, previous_date=previous.day, change=_shown_at_least(change, lsc),
         lsc=f"{lsc:.1f}" if float(f"{lsc:.1f}") == lsc else f"{lsc:g}")
     evidence = [m for _, _, new, old in losses for m in (new, old)]
-    flags = {Flag.ON_THERAPY} if any_medication(facts, b.suppress_medications) else set()
+    flags: set[str] = {Flag.ON_THERAPY} if any_medication(facts, b.suppress_medications) else set()
     return make_finding(rules, Code.BMD_SIGNIFICANT_LOSS, variables, facts=facts, evidence=evidence,
                         flags=flags, citations=[b.lsc_citation.citation],
                         criteria=(Applied(Kind.BMD, b.lsc_citation, "%", Code.BMD_SIGNIFICANT_LOSS),))

@@ -16,6 +16,8 @@ from cds.clinical.facts import Measurement
 from cds.knowledge.intervals import Criterion
 from cds.knowledge.vocabulary import Code
 
+_Day = date   # for a second date field (a field named ``date`` shadows the type in its class)
+
 
 @dataclass(frozen=True)
 class Applied:
@@ -83,7 +85,7 @@ class BmdChangeVariables:
     value: Measurement         # the latest BMD there
     unit: str                  # its canonical unit (UCUM)
     previous: Measurement      # the previous scan's BMD at the same site
-    previous_date: date
+    previous_date: _Day
     change: str                # the decrease, % of the previous value, as shown ("6.1")
     lsc: str                   # the site's least significant change, % ("5.3")
 
