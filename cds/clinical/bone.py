@@ -59,9 +59,13 @@ def evaluate_bone(facts: PatientFacts, rules: Rules) -> Finding | None:
                 Applied("site", b.sites_citation, "", "sites"))
     key = day_scores[0]
     variables = BoneVariables(date=scan.day, profile=b.label, value=key, site=key.site, age=age)
+    flags = _flags(facts, b, scan.day)
+    citations = [crit.citation, b.age_citation.citation, b.sites_citation.citation]
+    if _region(b, key) == "not-stated":
+        flags.add(Flag.RADIUS_REGION_NOT_STATED)   # read as the 33 % radius; the card says so
+        citations.append(b.forearm.citation.citation)
     return make_finding(rules, code, variables, facts=facts, evidence=day_scores + scan.bmd,
-                        flags=_flags(facts, b, scan.day), criteria=criteria,
-                        citations=[crit.citation, b.age_citation.citation, b.sites_citation.citation])
+                        flags=flags, criteria=criteria, citations=citations)
 
 
 def latest_scan(facts: PatientFacts, b: BoneRules) -> Scan | None:
@@ -82,8 +86,16 @@ def latest_scan(facts: PatientFacts, b: BoneRules) -> Scan | None:
     unread = _unread_on_or_after(facts, day)
     if unread is None or day < facts.birth_date:
         return None   # a later scan could not be read, or the scan is dated before birth
-    return Scan(day, {k: at_sites[k] for k in (Kind.T_SCORE, Kind.Z_SCORE)},
-                [m for m in at_sites[Kind.BMD] if m.day == day], unread)
+    # a forearm result of another region than the 33 % radius is part of the scan (it dates it)
+    # but never diagnoses
+    return Scan(day, {k: [m for m in at_sites[k] if _region(b, m) != "other"]
+                      for k in (Kind.T_SCORE, Kind.Z_SCORE)},
+                [m for m in at_sites[Kind.BMD] if m.day == day and _region(b, m) != "other"], unread)
+
+
+def _region(b: BoneRules, m: Measurement) -> str | None:
+    """The forearm region of a result at the forearm site (None at any other site)."""
+    return b.forearm.region(m.region_text) if m.site == b.forearm.site else None
 
 
 def _unread_on_or_after(facts: PatientFacts, day: date) -> frozenset[str] | None:

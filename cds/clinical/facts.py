@@ -32,6 +32,9 @@ class Measurement:
     comparator: str | None = None  # "<", "<=", ">=", ">" as sent in valueQuantity.comparator
     resource_id: str | None = None
     fraction: str | None = None    # 25(OH)D only: "d2" / "d3" when the code is one fraction of the total
+    # DXA radius only: the words the result names its forearm region with (code.text, bodySite),
+    # lower case; None when it states none (rules/bone.yaml forearm decides what they mean)
+    region_text: str | None = None
 
     @property
     def day(self) -> date:

@@ -47,7 +47,7 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -462,7 +462,8 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     rid = res.get("id") if isinstance(res.get("id"), str) else None
     for meaning, holder, label in meanings:
         try:
-            out.append(_measurement(term, meaning, holder, when, rid))
+            m = _measurement(term, meaning, holder, when, rid)
+            out.append(m if m.site != "radius" else replace(m, region_text=_region_text(res)))
         except _Drop as why:
             reasons.append(f"{label}{why}")
             failed.append(meaning.kind)
@@ -558,6 +559,19 @@ def _measurement(term: Terminology, meaning: ObservationCode, holder: Mapping[st
                        original_unit=original_unit, site=meaning.site,
                        laterality=meaning.laterality, comparator=comparator, resource_id=rid,
                        fraction=meaning.fraction)
+
+
+def _region_text(res: Mapping[str, Any]) -> str | None:
+    """The words a forearm DXA result names its region with (code.text, bodySite text and
+    displays), lower case; None when there are none. LOINC's radius codes name no region."""
+    words: list[str] = []
+    code = res.get("code")
+    if isinstance(code, Mapping) and _text(code.get("text")):
+        words.append(code["text"])
+    site = res.get("bodySite")
+    if isinstance(site, Mapping):
+        words.extend(t for t in [_text(site.get("text"))] + [_text(c.get("display")) for c in _codings(site)] if t)
+    return " | ".join(words).lower()[:200] or None
 
 
 def _quantity(holder: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], float, str | None]:

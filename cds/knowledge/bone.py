@@ -2,6 +2,7 @@
 and screening ages, validated into one frozen BoneRules."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -19,6 +20,29 @@ FILE = "bone.yaml"
 class Band:
     finding: str
     criterion: Criterion
+
+
+@dataclass(frozen=True)
+class Forearm:
+    """Which words name the diagnostic forearm region (33 % radius) and which name another."""
+
+    site: str
+    diagnostic_words: tuple[str, ...]
+    other_words: tuple[str, ...]
+    citation: Criterion
+
+    def region(self, text: str | None) -> str:
+        """"diagnostic", "other" (another region, or both named: not read) or "not-stated"."""
+        if not text:
+            return "not-stated"
+        diagnostic, other = _names(text, self.diagnostic_words), _names(text, self.other_words)
+        if diagnostic and not other:
+            return "diagnostic"
+        return "other" if other else "not-stated"
+
+
+def _names(text: str, words: tuple[str, ...]) -> bool:
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(w.lower())}(?![a-z0-9])", text) for w in words)
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,7 @@ class BoneRules:
     # also the trend chart's band); a site not listed is never compared
     lsc_percent: Mapping[str, float]
     lsc_citation: Criterion
+    forearm: Forearm
 
     def citation_refs(self) -> Iterator[tuple[str, str]]:
         """(field, citation id) for every citation bone.yaml names."""
@@ -55,6 +80,7 @@ class BoneRules:
         for sex, rule in self.screening_age.items():
             yield f"screening.{sex}.citation.id", rule.citation
         yield "lsc_citation.id", self.lsc_citation.citation
+        yield "forearm.citation.id", self.forearm.citation.citation
 
 
 class BandSchema(BoundsSchema):
@@ -75,6 +101,14 @@ class ScreeningSchema(Strict):
     suppress_medications = fields.List(fields.String(), required=True)
     female = fields.Nested(CriterionSchema, required=True)
     male = fields.Nested(CriterionSchema, required=True)
+
+
+class ForearmSchema(Strict):
+    site = fields.String(required=True, validate=validate.OneOf(SITES))
+    diagnostic_words = fields.List(fields.String(validate=validate.Length(min=1)), required=True,
+                                   validate=validate.Length(min=1))
+    other_words = fields.List(fields.String(validate=validate.Length(min=1)), required=True)
+    citation = fields.Nested(CitationRefSchema, required=True)
 
 
 class TScoreSchema(Strict):
@@ -109,6 +143,7 @@ class BoneFileSchema(Strict):
                               values=fields.Float(validate=validate.Range(min=0.1, max=50)),
                               required=True)
     lsc_citation = fields.Nested(CitationRefSchema, required=True)
+    forearm = fields.Nested(ForearmSchema, required=True)
     screening = fields.Nested(ScreeningSchema, required=True)
 
     @validates_schema
@@ -124,7 +159,7 @@ class BoneFileSchema(Strict):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> BoneRules:
-        scr = data["screening"]
+        scr, fa = data["screening"], data["forearm"]
 
         def cited(ref: CitationRef) -> Criterion:
             return Criterion.of(Interval(), ref)
@@ -144,4 +179,6 @@ class BoneFileSchema(Strict):
             suppress_conditions=tuple(scr["suppress_conditions"]),
             suppress_medications=tuple(scr["suppress_medications"]),
             screening_age={"female": scr["female"], "male": scr["male"]},
-            lsc_percent=dict(data["lsc_percent"]), lsc_citation=cited(data["lsc_citation"]))
+            lsc_percent=dict(data["lsc_percent"]), lsc_citation=cited(data["lsc_citation"]),
+            forearm=Forearm(site=fa["site"], diagnostic_words=tuple(fa["diagnostic_words"]),
+                            other_words=tuple(fa["other_words"]), citation=cited(fa["citation"])))

@@ -126,6 +126,7 @@ class Flag(StrEnum):
     VERY_HIGH_RISK = "very-high-risk"          # AACE 2020 very high fracture risk: anabolic first, refer
     KIDNEY_CKD_MBD = "kidney-ckd-mbd"          # CKD G4-G5D (condition or eGFR < 30): CKD-MBD evaluation first
     BISPHOSPHONATE_DRAFT = "bisphosphonate-draft"  # alendronate may be drafted (eGFR known and allows it)
+    RADIUS_REGION_NOT_STATED = "radius-region-not-stated"  # the decisive radius result names no region: read as 33 %
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)

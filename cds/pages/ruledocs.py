@@ -313,8 +313,12 @@ class _Builder:
         if group == "t-score-age":
             return [self.row(what, b.age_citation, text=years(b.t_score_min_age))]
         if group == "diagnostic-sites":
+            fa = b.forearm
             return [self.row(what, b.sites_citation,
-                             text=", ".join(self.cr.sites.get(x, x) for x in b.diagnostic_sites))]
+                             text=", ".join(self.cr.sites.get(x, x) for x in b.diagnostic_sites)),
+                    self.row(f"{what}: {self.cr.sites.get(fa.site, fa.site)}", fa.citation,
+                             text=f"33% region only ({', '.join(fa.diagnostic_words)}); not "
+                                  f"{', '.join(fa.other_words)}; no region named: read as 33%")]
         if group == "repeat-dxa":
             return [self.row(what, b.repeat_dxa_citation, text=f"{b.repeat_dxa_after_days} days")]
         if group == "screening-age":
