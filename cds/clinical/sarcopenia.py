@@ -24,6 +24,9 @@ _DAY = timedelta(days=1)
 _MASS_KINDS = (Kind.APPENDICULAR_LEAN_MASS, Kind.APPENDICULAR_LEAN_MASS_INDEX)
 # every kind a muscle-mass measure is computed from
 _MASS_INPUTS = _MASS_KINDS + (Kind.BODY_HEIGHT, Kind.BODY_WEIGHT, Kind.BMI)
+# results that are not read once older than rules.sarcopenia.max_result_age_days (height,
+# weight and BMI are only inputs of a lean-mass result that is itself recent)
+_AGEING_KINDS = (Kind.GRIP_STRENGTH, Kind.GAIT_SPEED) + _MASS_KINDS
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ def evaluate_sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
         return None   # every cut-off is sex-specific
     if not known_age_at_least(facts, s.min_age):
         return None   # adult cut-offs: a child, or age unknown, is never labelled
+    facts, old = recent_only(facts, s.max_result_age_days)
     grip = assess_grip(facts, s.grip.for_sex(sex))
     mass = assess_mass(facts, s, sex)
     gait = assess_gait(facts, s.gait.for_sex(sex))
@@ -60,7 +64,39 @@ def evaluate_sarcopenia(facts: PatientFacts, rules: Rules) -> Finding | None:
     if decided is None:
         return None
     code, flags = decided
+    if grip.state == ABSENT and Kind.GRIP_STRENGTH in old:
+        flags.add(Flag.GRIP_OLD)
+    if mass.state == ABSENT and old.intersection(_MASS_KINDS):
+        flags.add(Flag.MASS_OLD)
+    if Flag.GAIT_NOT_MEASURED in flags and Kind.GAIT_SPEED in old:
+        flags.discard(Flag.GAIT_NOT_MEASURED)
+        flags.add(Flag.GAIT_OLD)
     return _finding(facts, rules, s, sex, code, flags, grip, mass, gait)
+
+
+def recent_only(facts: PatientFacts, max_days: int) -> tuple[PatientFacts, set[str]]:
+    """``facts`` without grip, lean-mass and gait results older than ``max_days`` (a result
+    from then says little about the muscle now), and the kinds that had such results. An
+    unusable result that old no longer makes its kind unknown either."""
+    cutoff = facts.as_of - timedelta(days=max_days)
+    measurements = dict(facts.measurements)
+    unusable, unusable_latest = dict(facts.unusable), dict(facts.unusable_latest)
+    old: set[str] = set()
+    for kind in _AGEING_KINDS:
+        values = facts.measurements.get(kind, [])
+        kept = [m for m in values if m.day >= cutoff]
+        if len(kept) < len(values):
+            old.add(kind)
+            measurements[kind] = kept
+        last = unusable_latest.get(kind)
+        if last is not None and last < cutoff:
+            old.add(kind)
+            unusable.pop(kind, None)
+            unusable_latest.pop(kind)
+    if not old:
+        return facts, old
+    return dataclasses.replace(facts, measurements=measurements, unusable=unusable,
+                               unusable_latest=unusable_latest), old
 
 
 def decide(facts: PatientFacts, grip: Grip, mass: Mass, gait: Gait) -> tuple[str, set[str]] | None:

@@ -45,6 +45,8 @@ class SarcopeniaRules:
     gait: SexCutoff
     min_age: int
     age_citation: Criterion
+    #: results of grip, lean mass and gait speed older than this are not read (service policy)
+    max_result_age_days: int = 730
 
     def citation_refs(self) -> Iterator[tuple[str, str]]:
         """(field, citation id) for every citation this profile names."""
@@ -96,6 +98,9 @@ class SarcopeniaFileSchema(Strict):
     version = fields.Integer(required=True, validate=validate.Equal(1))
     min_age = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100))
     min_age_citation = fields.Nested(CitationRefSchema, required=True)
+    max_result_age_days = fields.Integer(required=True, strict=True,
+                                         validate=validate.Range(min=30, max=3650))
+    max_result_age_basis = fields.String(required=True, validate=validate.Length(min=20))
     profiles = fields.Dict(keys=fields.String(), values=fields.Nested(SarcopeniaProfileSchema),
                            required=True, validate=validate.Length(min=1))
 
@@ -104,5 +109,5 @@ class SarcopeniaFileSchema(Strict):
         """Every profile as the complete rules it gives (the configured one is picked later)."""
         age = Criterion.of(Interval(), data["min_age_citation"])
         return {name: SarcopeniaRules(name, p.label, p.citation, p.grip, p.mass, p.gait,
-                                      data["min_age"], age)
+                                      data["min_age"], age, data["max_result_age_days"])
                 for name, p in data["profiles"].items()}

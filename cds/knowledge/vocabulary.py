@@ -116,6 +116,9 @@ class Flag(StrEnum):
     FRAGILITY_FRACTURE = "fragility-fracture"  # a fragility fracture on record
     MASS_INDETERMINATE = "mass-indeterminate"  # muscle mass measured but not classifiable
     GAIT_NOT_MEASURED = "gait-not-measured"    # sarcopenia confirmed, gait speed not on record
+    GRIP_OLD = "grip-old"                      # sarcopenia: the only grip results are too old to read
+    MASS_OLD = "mass-old"                      # sarcopenia: the only lean-mass results are too old to read
+    GAIT_OLD = "gait-old"                      # sarcopenia confirmed: the only gait speed is too old to read
     NO_ADULT_REGIMEN = "no-adult-regimen"      # vitamin D: not known to be old enough for the adult regimen
     TEST_PENDING = "test-pending"              # order checks: the test a card would suggest is already drafted
     STAND_IN_EGFR = "stand-in-egfr"            # order checks: eGFR read in place of the label's creatinine clearance
