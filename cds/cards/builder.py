@@ -21,7 +21,7 @@ from cds.clinical.findings import FINDING_VARIABLES, Applied, Finding, MassValue
 from cds.hooks import wire
 from cds.knowledge import card_text
 from cds.knowledge.card_text import CardRules, CardText
-from cds.knowledge.intervals import fmt_number
+from cds.knowledge.intervals import Interval, fmt_number, fmt_on_side
 from cds.knowledge.loader import PLACEHOLDER
 from cds.knowledge.rules import Rules
 from cds.knowledge.vocabulary import CARD_VARIABLES
@@ -100,8 +100,33 @@ def _number(kind: str, value: float) -> str:
         f"{value:.3f}" if kind in _THREE_DECIMALS else fmt_number(value)
 
 
-def _value_text(m: Measurement) -> str:
-    return f"{m.comparator or ''}{_number(m.kind, m.value)}"
+def _value_text(m: Measurement, cut: Interval | None = None) -> str:
+    """As clinicians write it (``_number``), with more decimals where rounding would move
+    the value across ``cut`` (the rule that classified it)."""
+    if m.comparator or cut is None:   # a value sent with a comparator is shown as sent
+        number = _number(m.kind, m.value)
+    else:
+        fixed = 1 if m.kind in _ONE_DECIMAL else 3 if m.kind in _THREE_DECIMALS else None
+        number = fmt_on_side(m.value, cut, fixed=fixed)
+    return f"{m.comparator or ''}{number}"
+
+
+def _cuts(finding: Finding) -> dict[str, Interval]:
+    """The interval that classified each kind or measure of the finding (its criteria)."""
+    out: dict[str, Interval] = {}
+    for c in finding.criteria:
+        iv = c.criterion.interval
+        if iv.lower is not None or iv.upper is not None:
+            out.setdefault(c.what, iv)
+    return out
+
+
+def _mass_number(mv: MassValue) -> str:
+    if mv.value is None:
+        return ""
+    if mv.comparator:
+        return fmt_number(mv.value)
+    return fmt_on_side(mv.value, mv.criterion.interval)
 
 
 def _unit(rules: Rules, code: str) -> str:
@@ -119,7 +144,7 @@ def _measured(rules: Rules, m: Measurement) -> str:
 def _masses(rules: Rules, masses: tuple[MassValue, ...]) -> str:
     return ", ".join(
         _with_unit(f"{rules.cards.measures[mv.measure]} {mv.comparator or ''}"
-                   f"{fmt_number(mv.value if mv.value is not None else 0.0)}", _unit(rules, mv.unit))
+                   f"{_mass_number(mv) or '0'}", _unit(rules, mv.unit))
         for mv in masses)
 
 
@@ -159,6 +184,12 @@ def template_values(finding: Finding, rules: Rules) -> dict[str, str]:
             out[f.name] = value.isoformat()
         else:
             out[f.name] = str(value)
+    cuts = _cuts(finding)
+    for name in ("grip", "gait", "value"):   # a shown value keeps the side of its cut-off
+        m = getattr(finding.variables, name, None)
+        if isinstance(m, Measurement) and m.kind in cuts and name in out:
+            number = _value_text(m, cuts[m.kind])
+            out[name] = (_with_unit(number, _unit(rules, m.unit)) if name != "value" else number)
     m = getattr(finding.variables, "value", None)
     if isinstance(m, Measurement) and "unit" in out and m.original_unit and \
             _unit(rules, m.original_unit) != _unit(rules, m.unit):
@@ -204,9 +235,10 @@ def _value_rows(finding: Finding, rules: Rules) -> list[str]:
     """"Values used": the evidence, computed values with their inputs, the patient's sex/age."""
     cr = rules.cards
     labels = cr.labels
-    rows = [_measurement_row(m, rules) for m in finding.evidence]
+    cuts = _cuts(finding)
+    rows = [_measurement_row(m, rules, cuts.get(m.kind)) for m in finding.evidence]
     for d in finding.derived:
-        value = fmt_number(d.value) if d.value is not None else ""
+        value = _mass_number(d)
         # its inputs are rows of their own (the evidence): not repeated here
         rows.append(f"- {cr.measures[d.measure]}: {_with_unit(value, _unit(rules, d.unit))} "
                     f"({labels.computed})")
@@ -233,10 +265,10 @@ def measurement_label(m: Measurement, rules: Rules) -> str:
     return label
 
 
-def _measurement_row(m: Measurement, rules: Rules) -> str:
+def _measurement_row(m: Measurement, rules: Rules, cut: Interval | None = None) -> str:
     cr = rules.cards
     label = measurement_label(m, rules)
-    text = _with_unit(_value_text(m), _unit(rules, m.unit))
+    text = _with_unit(_value_text(m, cut), _unit(rules, m.unit))
     if m.original_unit:
         original = _with_unit(f"{m.comparator or ''}{_number(m.kind, m.original_value)}",
                               _unit(rules, m.original_unit))

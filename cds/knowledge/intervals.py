@@ -121,6 +121,24 @@ def fmt_number(x: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def fmt_on_side(x: float, interval: "Interval | None", *, fixed: int | None = None) -> str:
+    """``x`` as ``fmt_number`` shows it (or with ``fixed`` decimals: 1 for scores), with as
+    many more decimals (up to 6) as it takes for the shown number to lie on the same side of
+    ``interval``'s bounds as ``x`` itself: an ALM/BMI of 0.78896 below a 0.789 cut-off is
+    shown as 0.78896, never as 0.79; a T-score of -2.45 is -2.45, never -2.5."""
+    text = f"{x:.{fixed}f}" if fixed is not None else fmt_number(x)
+    if interval is None or (interval.lower is None and interval.upper is None):
+        return text
+    inside = interval.contains_point(x)
+    decimals = fixed if fixed is not None else 2
+    while interval.contains_point(float(text)) != inside and decimals < 6:
+        decimals += 1
+        whole, _, frac = f"{x:.{decimals}f}".partition(".")
+        frac = frac.rstrip("0").ljust(fixed or 0, "0")   # no trailing zeros past the fixed ones
+        text = f"{whole}.{frac}" if frac else whole
+    return text
+
+
 @dataclass(frozen=True)
 class Criterion:
     """One threshold with its citation (what the card shows under 'How it was classified')."""
