@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
 
 from cds.cards import builder as cards_mod
 from cds.clinical import evaluate as evaluate_mod

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import date
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.clinical.findings import FINDING_VARIABLES, Applied, Finding, MassValue, variable_names

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from datetime import timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields,
                          validate, validates_schema)
