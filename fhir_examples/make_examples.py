@@ -74,7 +74,8 @@ CATEGORY = {"vitamin-d-25oh": "laboratory", "t-score": "imaging", "z-score": "im
             "bmd": "imaging", "appendicular-lean-mass": "imaging",
             "appendicular-lean-mass-index": "imaging", "grip-strength": "exam",
             "gait-speed": "exam", "body-height": "vital-signs", "body-weight": "vital-signs",
-            "bmi": "vital-signs", "egfr": "laboratory", "serum-calcium": "laboratory"}
+            "bmi": "vital-signs", "egfr": "laboratory", "serum-calcium": "laboratory",
+            "frax-major-osteoporotic": "survey", "ost-score": "survey"}
 
 
 def born(years_before: int, anchor: date, month: int = 3, day: int = 14) -> date:

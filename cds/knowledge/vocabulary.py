@@ -33,6 +33,10 @@ class Kind(StrEnum):
     BODY_WEIGHT = "body-weight"              # clinical.sarcopenia: BMI
     BMI = "bmi"                              # clinical.sarcopenia: ALM/BMI
     EGFR = "egfr"                            # clinical.orders: kidney limits of the drug labels
+    # clinical.orders (orders.yaml dxa.low_value.risk_observations): a raised fracture risk makes
+    # a DXA for a woman under 65 appropriate (CMS249 numerator exclusion)
+    FRAX_MAJOR = "frax-major-osteoporotic"
+    OST_SCORE = "ost-score"
 
 
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)

@@ -321,6 +321,14 @@ def test_dxa_repeat_within_two_years(server, term, obs, on_record, expected):
     ("male", 55, [], [], [], []),
     ("female", 55, [mx.Obs("bmi", 20, "kg/m2", 30)], [], [], []),        # BMI <= 20 is a risk factor
     ("female", 55, [mx.Obs("bmi", 20.1, "kg/m2", 30)], [], [], ["order-dxa-low-value"]),
+    # CMS249 numerator exclusion: a risk assessment before the order (FRAX >= 8.4 %, OST < 2.0)
+    ("female", 55, [mx.Obs("frax-major-osteoporotic", 8.4, "%", 200)], [], [], []),
+    ("female", 55, [mx.Obs("frax-major-osteoporotic", 8.3, "%", 200)], [], [], ["order-dxa-low-value"]),
+    ("female", 55, [mx.Obs("frax-major-osteoporotic", 12, "%", 3000)], [], [], []),   # 8 years old: stands
+    ("female", 55, [mx.Obs("frax-major-osteoporotic", 12, "%", 3700)], [], [], ["order-dxa-low-value"]),
+    ("female", 55, [mx.Obs("ost-score", 1.9, "{score}", 30)], [], [], []),
+    ("female", 55, [mx.Obs("ost-score", 2, "{score}", 30)], [], [], ["order-dxa-low-value"]),
+    ("female", 55, [mx.Obs("ost-score", -1, "1", 30)], [], [], []),
     ("female", 55, [], ["fragility-fracture"], [], []),
     ("female", 55, [], ["low-bone-mass"], [], []),
     ("female", 55, [], [], [mo.Med("Anastrozole 1 MG Oral Tablet", 1, "{tbl}", rxnorm="199224",
