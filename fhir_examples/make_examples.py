@@ -39,6 +39,7 @@ CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 NAMESPACE = uuid.UUID("6f1d6a52-3c1e-4d0b-9f1e-6d736b636473")   # fixed: deterministic ids
 PREFETCH_TYPES = {"observations": "Observation", "conditions": "Condition",
                   "medications": "MedicationRequest"}
+UCUM_TABLET = "{tbl}"
 
 
 @dataclass
@@ -53,6 +54,16 @@ class Obs:
 
 
 @dataclass
+class Med:
+    """A MedicationRequest on record: a product code of rules/valuesets.yaml medications,
+    ``per_day`` product units (tablets) once daily, authored ``days_ago``."""
+    system: str                    # code-system key ("rxnorm")
+    code: str
+    per_day: float
+    days_ago: int
+
+
+@dataclass
 class Example:
     name: str                      # file stem; for findings, the finding name
     finding: str | None            # the card this example must produce (None: no card)
@@ -64,6 +75,7 @@ class Example:
     # specific condition codes: ("snomed"/"icd10cm" code-system key, code, onset days ago or None)
     coded: list[tuple[str, str, int | None]] = field(default_factory=list)
     profile: str | None = None     # vitamin D profile the example needs (None: the default)
+    medications: list[Med] = field(default_factory=list)
 
 
 # Unit display strings (Quantity.unit), by UCUM code.
@@ -166,6 +178,11 @@ def examples(anchor: date) -> list[Example]:
                     Obs("grip-strength", 14, "kg", 20, laterality="right"),
                     Obs("grip-strength", 12, "kg", 20, laterality="left"),
                     Obs("gait-speed", 0.9, "m/s", 20)]),
+        Example("bone-risk-medication", "bone-risk-medication",
+                "Woman, 68: prednisone 5 mg daily for 200 days; last DXA (normal) 3 years ago", "female",
+                born(68, anchor), [Obs("t-score", -0.6, "{T-score}", 1100, site="lumbar-spine"),
+                                   Obs("t-score", -0.8, "{T-score}", 1100, site="total-hip")],
+                medications=[Med("rxnorm", "312617", 1, 200)]),
         Example("healthy", None,
                 "Woman, 60: 25(OH)D 34 ng/mL, normal DXA, normal grip and muscle mass", "female",
                 born(60, anchor), [
@@ -258,7 +275,24 @@ def build(example: Example, anchor: date, term: Any) -> tuple[dict[str, Any], di
             "subject": {"reference": f"Patient/{pid}"},
             "recordedDate": (anchor - timedelta(days=400)).isoformat(),
         })
-    by_type: dict[str, list[dict[str, Any]]] = {"Observation": observations, "Condition": conditions}
+    medications = []
+    for i, m in enumerate(example.medications):
+        system = term.code_systems[m.system]
+        display = term.medication_codes[f"{system}|{m.code}"][0].display
+        medications.append({
+            "resourceType": "MedicationRequest", "id": f"{pid}-med-{i + 1}", "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": system, "code": m.code, "display": display}],
+                                          "text": display},
+            "subject": {"reference": f"Patient/{pid}"},
+            "authoredOn": (anchor - timedelta(days=m.days_ago)).isoformat(),
+            "dosageInstruction": [{
+                "text": f"{m.per_day:g} tablet by mouth once daily",
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                "doseAndRate": [{"doseQuantity": {"value": m.per_day, "unit": "tablet", "system": UCUM,
+                                                  "code": UCUM_TABLET}}]}]})
+    by_type: dict[str, list[dict[str, Any]]] = {"Observation": observations, "Condition": conditions,
+                                                "MedicationRequest": medications}
     prefetch: dict[str, Any] = {}
     for key, template in term.prefetch_templates().items():
         if key == "patient":
@@ -279,7 +313,7 @@ def build(example: Example, anchor: date, term: Any) -> tuple[dict[str, Any], di
                   "meta": {"tag": [{"system": "urn:mskcds:example", "code": example.name,
                                     "display": example.title}]},
                   "entry": [{"fullUrl": f"urn:uuid:{_uid(example.name, r['resourceType'], r['id'])}",
-                             "resource": r} for r in [patient] + observations + conditions]}
+                             "resource": r} for r in [patient] + observations + conditions + medications]}
     return request, collection
 
 

@@ -166,6 +166,7 @@ _FORMAT: dict[str, Callable[[Rules, Any], str]] = {
     "bone": _component,
     "sarcopenia": _component,
     "regimen": lambda rules, text: str(text or ""),
+    "rows": lambda rules, rows: "; ".join(rows),
 }
 _OPTIONAL_EMPTY = frozenset({"regimen"})   # shown as "" when the finding has none
 
@@ -238,6 +239,7 @@ def _value_rows(finding: Finding, rules: Rules) -> list[str]:
     labels = cr.labels
     cuts = _cuts(finding)
     rows = [_measurement_row(m, rules, cuts.get(m.kind)) for m in finding.evidence]
+    rows += [f"- {row}" for row in getattr(finding.variables, "rows", ())]   # rows the finding words itself
     for d in finding.derived:
         value = _mass_number(d)
         # its inputs are rows of their own (the evidence): not repeated here

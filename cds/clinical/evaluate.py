@@ -14,6 +14,7 @@ from cds.clinical.combined import osteosarcopenia
 from cds.clinical.facts import PatientFacts
 from cds.clinical.fracture import clinical_osteoporosis, lowest_t_score, treatment_gap, with_treatment
 from cds.clinical.findings import Finding
+from cds.clinical.medication_risk import covered, evaluate_medication_risk
 from cds.clinical.sarcopenia import evaluate_sarcopenia
 from cds.clinical.vitamin_d import evaluate_vitamin_d
 from cds.knowledge.rules import Rules
@@ -47,5 +48,8 @@ def evaluate(facts: PatientFacts, rules: Rules) -> list[Finding]:
     screening = dxa_screening(facts, rules)
     if screening:
         findings.append(screening)
+    medicine = None if covered(findings, rules.medication_risk) else evaluate_medication_risk(facts, rules)
+    if medicine is not None:   # one DXA suggestion: the medicine replaces screening by age
+        findings = [f for f in findings if f.code not in rules.medication_risk.replaces] + [medicine]
     findings.sort(key=lambda f: _SEVERITY.get(f.indicator, 3))
     return findings

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from cds.clinical.drafts import DosagePlan
+
 
 def age_on(birth: date, day: date) -> int:
     """Completed years of age on ``day`` for someone born on ``birth``."""
@@ -59,6 +61,12 @@ class MedicationFact:
     resource_id: str | None = None
     status: str | None = None         # MedicationRequest/-Statement.status as sent
     current: bool = False             # status means "currently taking" (rules/data_quality.yaml)
+    # What the dose rules read (cds.fhir.dosage; only when normalize has the order rules):
+    plan: DosagePlan | None = None    # dosageInstruction (Statement: dosage) + dispenseRequest
+    drug: str | None = None           # rules/orders.yaml drug the record names (one, or None)
+    codes: tuple[str, ...] = ()       # "system|code" of the medication, as sent (product strengths)
+    started: date | None = None       # full-date start: Request authoredOn, Statement effectivePeriod.start
+    ended: date | None = None         # Statement effectivePeriod.end (a course that has ended)
 
 
 @dataclass

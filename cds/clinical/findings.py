@@ -189,10 +189,24 @@ class GlucocorticoidVariables:
     delete: str | None
 
 
+@dataclass(frozen=True)
+class BoneRiskMedicationVariables:
+    date: date                 # the medicine's start on record (else today)
+    profile: str               # the trigger's guideline (its citation's label)
+    grade: str                 # the trigger (medication_risk.yaml): selects summary_by_grade
+    medicine: str              # the medicine as the value set names it
+    drug: str                  # its short name (the longest value-set keyword in it, else medicine)
+    since: str                 # its start (ISO date) or "date not recorded"
+    last_dxa: str              # the last DXA's date, or "none on record"
+    dose: str | None = None    # glucocorticoid: the daily dose as read ("7.5 mg/day")
+    days: int | None = None    # glucocorticoid: days at or above the limit so far
+    rows: tuple[str, ...] = ()  # the card's "Values used" rows (medication_risk.yaml values)
+
+
 Variables = Union[VitaminDVariables, BoneVariables, ScreeningVariables, SarcopeniaVariables,
                   OsteosarcopeniaVariables, OrderValueVariables, NoResultVariables, DuplicateVariables,
                   RepeatTestVariables, LowValueTestVariables, DrugBoneVariables, GlucocorticoidVariables,
-                  FractureGapVariables, BmdChangeVariables]
+                  FractureGapVariables, BmdChangeVariables, BoneRiskMedicationVariables]
 
 #: finding code → the dataclass of its variables (each code is made with exactly this type)
 FINDING_VARIABLES: Mapping[str, type] = {
@@ -216,6 +230,7 @@ FINDING_VARIABLES: Mapping[str, type] = {
     Code.ORDER_GLUCOCORTICOID_BONE_PROTECTION: GlucocorticoidVariables,
     Code.ORDER_AROMATASE_INHIBITOR_BONE_HEALTH: DrugBoneVariables,
     Code.ORDER_ADT_BONE_HEALTH: DrugBoneVariables,
+    Code.BONE_RISK_MEDICATION: BoneRiskMedicationVariables,
 }
 
 

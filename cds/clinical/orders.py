@@ -20,6 +20,7 @@ from cds.clinical.findings import (Applied, DoseVariables, DrugBoneVariables, Du
                                    Finding, GlucocorticoidVariables, KidneyVariables,
                                    LowValueTestVariables, NoResultVariables, OrderValueVariables,
                                    RepeatTestVariables)
+from cds.clinical.dose import glucocorticoid_dose, last_result_day, plan_scale
 from cds.clinical.drafts import DraftOrder
 from cds.knowledge.intervals import Interval, fmt_number
 from cds.knowledge.orders import BoneProtection, OrderRules
@@ -66,14 +67,6 @@ def latest_against(facts: PatientFacts, kind: str, interval: Interval, max_age_d
     if len(same_day) > 1 or "unknown" in same_day:
         return Reading(DOUBT, m)     # a comparator across the cut-off, or same-day disagreement
     return Reading(same_day.pop(), m)
-
-
-def last_result_day(facts: PatientFacts, kinds: Iterable[str]) -> date | None:
-    """The newest day a result of ``kinds`` is on record, usable or not (not after today)."""
-    kinds = tuple(kinds)
-    days = [m.day for k in kinds for m in facts.all(k) if m.day <= facts.as_of]
-    days += [d for k in kinds if (d := facts.unusable_latest.get(k)) is not None and d <= facts.as_of]
-    return max(days, default=None)
 
 
 def _future(facts: PatientFacts, kinds: Iterable[str]) -> bool:
@@ -185,18 +178,7 @@ def _kidney(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder]
 # --------------------------------------------------------------------------- 3 vitamin D dose
 def _scale(order: DraftOrder, o: OrderRules, target: str, per_mg: float) -> float | None:
     """Amount of ``target`` ("iu" or "mass" in mg) per base unit of the order's dose."""
-    plan = order.plan
-    dim = plan.dimension if plan is not None else None
-    if dim is None:
-        return None
-    if dim == target:
-        return 1.0
-    if dim == "mass" and target == "iu":
-        return per_mg
-    strength = next((o.strengths[c] for c in order.codes if c in o.strengths), None)
-    if strength is None or strength.dimension != target:
-        return None
-    return strength.per_unit if dim == "count" else strength.per_ml if dim == "volume" else None
+    return plan_scale(order.plan, order.codes, o, target, per_mg)
 
 
 def _vitamin_d_dose(facts: PatientFacts, order: DraftOrder, drafts: Sequence[DraftOrder], rules: Rules,
@@ -361,20 +343,11 @@ def _bone_protection(facts: PatientFacts, order: DraftOrder, drafts: Sequence[Dr
 def _glucocorticoid(order: DraftOrder, b: BoneProtection, o: OrderRules) -> tuple[float, float] | None:
     """(mg/day prednisone-equivalent, days at or above the daily limit) when both are known and
     the order meets the rule; None otherwise (unknown drug, dose or duration: no card)."""
-    drug = order.drug if order.drug in b.prednisone_equivalent else None
-    plan = order.plan
-    if drug is None or plan is None or not plan.readable or b.min_per_day is None or b.min_days is None:
+    dosed = glucocorticoid_dose(order.plan, order.drug, order.codes, b, o)
+    if dosed is None or order.plan is None or b.min_days is None:
         return None
-    scale = _scale(order, o, "mass", 1.0)
-    top = plan.max_per_day
-    if scale is None or top is None:
-        return None
-    scale *= b.prednisone_equivalent[drug]
-    per_day = top * scale
-    lower = b.min_per_day.interval
-    if not lower.contains_point(per_day) or lower.lower is None:
-        return None
-    days = plan.days_at_least(lower.lower / scale)
+    per_day, limit = dosed
+    days = order.plan.days_at_least(limit)
     if days is None or not b.min_days.interval.contains_point(days):
         return None
     return per_day, days

@@ -62,7 +62,9 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
+from cds.clinical.drafts import DosagePlan
 from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
+from cds.fhir.dosage import read_plan
 from cds.hooks.wire import FHIR_ID
 from cds.knowledge.rules import Rules
 from cds.knowledge.terminology import ObservationCode, Terminology, UnitRule
@@ -120,7 +122,8 @@ def normalize(resources: Iterable[Mapping[str, Any]], patient_id: str, rules: Ru
     reader = _Reader(term, PatientFacts(patient_id=patient_id, as_of=as_of), patient_id,
                      latest_day=as_of + timedelta(days=term.future_tolerance_days),
                      medications={f"Medication/{r.get('id')}": r for r in items
-                                  if r.get("resourceType") == "Medication" and r.get("id")})
+                                  if r.get("resourceType") == "Medication" and r.get("id")},
+                     orders=getattr(rules, "orders", None))
     seen: set[tuple[str, str]] = set()
     for res in items:
         rtype = _text(res.get("resourceType"))
@@ -144,6 +147,7 @@ class _Reader:
     patient_id: str
     latest_day: date
     medications: Mapping[str, Mapping[str, Any]]
+    orders: Any = None    # rules/orders.yaml (dose units, drugs): medication doses are read with it
     measurements: dict[str, list[Measurement]] = field(default_factory=dict)
     patient_seen: bool = False
 
@@ -165,7 +169,8 @@ class _Reader:
                 for c in _condition(res, self.patient_id, self.term):
                     facts.conditions.setdefault(c.category, []).append(c)
             else:
-                for med in _medication(res, rtype, self.patient_id, self.term, self.medications):
+                for med in _medication(res, rtype, self.patient_id, self.term, self.medications,
+                                       self.orders):
                     facts.medications.setdefault(med.category, []).append(med)
         except _Drop as why:
             self._exclude(rtype, why)
@@ -802,6 +807,27 @@ def medication_hits(concept: Any, term: Terminology) -> dict[str, tuple[str, str
     return hits
 
 
+def concept_keys(concept: Any) -> tuple[str, ...]:
+    return tuple(f"{c.get('system')}|{c.get('code')}" for c in _codings(concept)
+                 if isinstance(c.get("system"), str) and isinstance(c.get("code"), str))
+
+
+def which_drug(concept: Any, keys: Iterable[str], orders: Any) -> str | None:
+    """The one drug of rules/orders.yaml ``drugs`` the concept names (None: none, or several)."""
+    keys = set(keys)
+    by_code = {d.name for d in orders.drugs.values() if d.codes & keys}
+    by_code |= {orders.strengths[k].drug for k in keys if k in orders.strengths}
+    if by_code:
+        return by_code.pop() if len(by_code) == 1 else None
+    texts = concept_texts(concept)
+    found = {(name, d.name) for d in orders.drugs.values() for name in d.names
+             if any(name in t for t in texts)}
+    # the longest name wins over a name inside it ("methylprednisolone" over "prednisolone")
+    kept = {drug for name, drug in found
+            if not any(name != other and name in other for other, _ in found)}
+    return kept.pop() if len(kept) == 1 else None
+
+
 def medication_concept(res: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]) -> Any:
     """The medication a MedicationRequest/-Statement names (inline, contained or a Medication
     resource in ``medications`` keyed "Medication/<id>")."""
@@ -809,7 +835,7 @@ def medication_concept(res: Mapping[str, Any], medications: Mapping[str, Mapping
 
 
 def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Terminology,
-                medications: Mapping[str, Mapping[str, Any]]) -> list[MedicationFact]:
+                medications: Mapping[str, Mapping[str, Any]], orders: Any = None) -> list[MedicationFact]:
     concept = _medication_concept(res, medications)
     hits = medication_hits(concept, term)
     if not hits:
@@ -829,6 +855,37 @@ def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Termi
             authored = _date_of(res.get("dateAsserted"))
     rid = res.get("id") if isinstance(res.get("id"), str) else None
     current = status in term.medication_status_current
+    dosed = _dosing(res, rtype, concept, orders) if orders is not None else {}
     return [MedicationFact(category=cat, code=key, display=display, authored=authored,
-                           resource_id=rid, status=status, current=current)
+                           resource_id=rid, status=status, current=current, **dosed)
             for cat, (key, display) in hits.items()]
+
+
+#: The elements the dose is read from, per type (validated apart: a bad dosage makes the dose
+#: unreadable, it does not hide the medication itself).
+_DOSAGE = {"MedicationRequest": ("dosageInstruction", "dispenseRequest"),
+           "MedicationStatement": ("dosage",)}
+
+
+def _full_date(value: Any) -> date | None:
+    """A start date to count days from: only a full date (a partial one would be a guess)."""
+    return _date_of(value) if isinstance(value, str) and len(value) >= 10 else None
+
+
+def _dosing(res: Mapping[str, Any], rtype: str, concept: Any, orders: Any) -> dict[str, Any]:
+    """What the dose rules read from one MedicationRequest/-Statement: its dosage plan (the same
+    reader as for draft orders, cds.fhir.dosage), the drug it names, its codes, start and end."""
+    keys = concept_keys(concept)
+    problem = r4_problem(_MODELS[rtype], res, _USED[rtype] + _DOSAGE[rtype])
+    if problem:
+        plan = DosagePlan(problem="dosage is not valid FHIR R4")
+    elif rtype == "MedicationRequest":
+        plan = read_plan(res, orders.dose_units, orders.time_units)
+    else:   # a Statement's Dosage lines are read as a Request's (no dispenseRequest)
+        plan = read_plan({"dosageInstruction": res.get("dosage")}, orders.dose_units, orders.time_units)
+    period = res.get("effectivePeriod") if rtype == "MedicationStatement" else None
+    period = period if isinstance(period, Mapping) else {}
+    started = _full_date(res.get("authoredOn")) if rtype == "MedicationRequest" else \
+        _full_date(period.get("start"))
+    return {"plan": plan, "drug": which_drug(concept, keys, orders), "codes": keys,
+            "started": started, "ended": _date_of(period.get("end"))}

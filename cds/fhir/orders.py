@@ -23,7 +23,8 @@ from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceReque
 
 from cds.clinical.drafts import DraftOrder
 from cds.fhir.dosage import read_plan
-from cds.fhir.normalize import concept_texts, medication_concept, medication_hits, r4_problem
+from cds.fhir.normalize import (concept_keys, medication_concept, medication_hits, r4_problem,
+                                which_drug)
 
 _MEDICATION_ELEMENTS = ("resourceType", "id", "status", "intent", "subject", "medicationCodeableConcept",
                         "medicationReference", "authoredOn", "dosageInstruction", "dispenseRequest")
@@ -45,11 +46,6 @@ def _codings(concept: Any) -> list[Mapping[str, Any]]:
     return [c for c in concept["coding"] if isinstance(c, Mapping)]
 
 
-def _keys(concept: Any) -> tuple[str, ...]:
-    return tuple(f"{c.get('system')}|{c.get('code')}" for c in _codings(concept)
-                 if isinstance(c.get("system"), str) and isinstance(c.get("code"), str))
-
-
 def _display(concept: Any) -> str:
     if isinstance(concept, Mapping) and isinstance(concept.get("text"), str) and concept["text"].strip():
         return concept["text"].strip()[:120]
@@ -57,22 +53,6 @@ def _display(concept: Any) -> str:
         if isinstance(c.get("display"), str) and c["display"].strip():
             return c["display"].strip()[:120]
     return ""
-
-
-def which_drug(concept: Any, keys: Iterable[str], orders: Any) -> str | None:
-    """The one drug of rules/orders.yaml ``drugs`` the concept names (None: none, or several)."""
-    keys = set(keys)
-    by_code = {d.name for d in orders.drugs.values() if d.codes & keys}
-    by_code |= {orders.strengths[k].drug for k in keys if k in orders.strengths}
-    if by_code:
-        return by_code.pop() if len(by_code) == 1 else None
-    texts = concept_texts(concept)
-    found = {(name, d.name) for d in orders.drugs.values() for name in d.names
-             if any(name in t for t in texts)}
-    # the longest name wins over a name inside it ("methylprednisolone" over "prednisolone")
-    kept = {drug for name, drug in found
-            if not any(name != other and name in other for other, _ in found)}
-    return kept.pop() if len(kept) == 1 else None
 
 
 def read_drafts(bundle: Mapping[str, Any], selections: Collection[str] | None, rules: Any) -> Drafts:
@@ -104,7 +84,7 @@ def read_drafts(bundle: Mapping[str, Any], selections: Collection[str] | None, r
                 out.excluded.append(f"{rtype}: {problem}")
                 continue
             concept = medication_concept(res, medications)
-            keys = _keys(concept)
+            keys = concept_keys(concept)
             out.orders.append(DraftOrder(
                 ref=ref, resource_type=rtype, resource_id=rid, checked=checked,
                 display=_display(concept) or "the medication ordered",
@@ -115,7 +95,7 @@ def read_drafts(bundle: Mapping[str, Any], selections: Collection[str] | None, r
             if problem:
                 out.excluded.append(f"{rtype}: {problem}")
                 continue
-            keys = _keys(res.get("code"))
+            keys = concept_keys(res.get("code"))
             services = frozenset(name for name, codes in orders.services.items() if codes & set(keys))
             out.orders.append(DraftOrder(
                 ref=ref, resource_type=rtype, resource_id=rid, checked=checked,

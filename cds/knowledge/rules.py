@@ -25,6 +25,7 @@ from cds.knowledge.card_text import CardRules, CardText
 from cds.knowledge.citations import Citation
 from cds.knowledge.fracture import FractureRules
 from cds.knowledge.loader import RulesError, UnknownProfileError, load_file
+from cds.knowledge.medication_risk import MedicationRiskRules, load_medication_risk
 from cds.knowledge.orders import OrderRules, load_orders
 from cds.knowledge.sarcopenia import SarcopeniaRules
 from cds.knowledge.terminology import Terminology, load_terminology
@@ -46,6 +47,7 @@ class Rules:
     terminology: Terminology
     orders: OrderRules
     fracture: FractureRules
+    medication_risk: MedicationRiskRules
 
     def prefetch_templates(self) -> dict[str, str]:
         return dict(self.terminology.prefetch_templates())
@@ -96,9 +98,11 @@ def load_rules(config: Config, *, terminology: Terminology | None = None) -> Rul
                          "MSKCDS_SARCOPENIA_PROFILE")
     cards = card_text.check_cards(paths["cards"], cards, citations, terminology.orderable)
     orders = load_orders(rules_dir, citations, terminology)
+    medication_risk = load_medication_risk(rules_dir, orders)
+    _need_citations(rules_dir / "medication_risk.yaml", medication_risk.citation_refs(), citations)
     rules = Rules(source_dir=rules_dir, citations=citations, vitamin_d=vitamin_d, bone=bone,
                   sarcopenia=sarcopenia, cards=cards, terminology=terminology, orders=orders,
-                  fracture=fracture)
+                  fracture=fracture, medication_risk=medication_risk)
     _check_categories(paths, rules)
     return rules
 

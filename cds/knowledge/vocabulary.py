@@ -97,6 +97,7 @@ class Code(StrEnum):
     VITAMIN_D_BELOW_BONE_TARGET = "vitamin-d-below-bone-target"
     FRACTURE_TREATMENT_GAP = "fracture-treatment-gap"
     BMD_SIGNIFICANT_LOSS = "bmd-significant-loss"          # clinical.bone: BMD fell by the LSC or more
+    BONE_RISK_MEDICATION = "bone-risk-medication"   # clinical.medication_risk (medication_risk.yaml)
 
 
 FINDINGS: tuple[str, ...] = tuple(c.value for c in Code)
@@ -134,6 +135,7 @@ class Flag(StrEnum):
     KIDNEY_CKD_MBD = "kidney-ckd-mbd"          # CKD G4-G5D (condition or eGFR < 30): CKD-MBD evaluation first
     BISPHOSPHONATE_DRAFT = "bisphosphonate-draft"  # alendronate may be drafted (eGFR known and allows it)
     RADIUS_REGION_NOT_STATED = "radius-region-not-stated"  # the decisive radius result names no region: read as 33 %
+    ON_GLUCOCORTICOID = "on-glucocorticoid"    # bone-risk-medication: the medicine is a glucocorticoid (ACR 2022 advice)
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)

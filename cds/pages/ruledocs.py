@@ -27,7 +27,7 @@ GROUPS = ("vitamin-d", "vitamin-d-kidney", "vitamin-d-regimen-age", "t-score-ost
           "t-score-low-bone-mass", "z-score-below-expected", "t-score-age", "diagnostic-sites",
           "repeat-dxa", "screening-age", "sarcopenia-min-age", "sarcopenia-grip",
           "sarcopenia-mass", "sarcopenia-gait", "order-checks", "vitamin-d-bone-target",
-          "fracture-rules", "bmd-lsc")
+          "fracture-rules", "bmd-lsc", "bone-risk-medication")
 
 
 class ReadsSchema(Strict):
@@ -352,6 +352,19 @@ class _Builder:
                               f"{fr.very_high_risk_t_score_below:.1f}"),
                 self.row(f"{what}: CKD G4-G5D", fr.kidney_citation,
                          text=f"eGFR < {fmt_number(fr.kidney_egfr_below)} or a condition on record")]
+        if group == "bone-risk-medication":
+            mr = self.rules.medication_risk
+            rows = []
+            for t in mr.triggers:
+                prot, name = t.protection, self.category_title("medications", t.drug_class)
+                rows.append(self.row(f"{what}: {name}", t.citation, text="taking now"))
+                if prot.min_per_day is not None and prot.min_days is not None:
+                    rows += [self.row(f"{what}: prednisone-equivalent dose", prot.min_per_day,
+                                      text=prot.min_per_day.interval.describe("mg/day")),
+                             self.row(f"{what}: taken so far", prot.min_days,
+                                      text=prot.min_days.interval.describe("days"))]
+            rows.append(self.row(f"{what}: no DXA within", mr.dxa_citation, text=f"{mr.dxa_within_days} days"))
+            return rows
         return []
 
     def order_rows(self, code: str) -> list[Row]:
