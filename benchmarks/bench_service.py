@@ -15,7 +15,8 @@ Floors (a bare Flask app served the same way, same request body):
 Scenarios: the typical patient-view request (Patient + 30 Observations, 20 KiB); auth on
 (ES384, a fresh token per call) with the in-memory and with the default (SQLite) replay
 cache; 1,000 and 10,000 Observations; the no-prefetch fallback against a FHIR server that
-waits 50 ms per request. In-process: cost from 100 to 10,000 Observations (slope per
+waits 50 ms per request; an order-sign call with 5 draft orders (bench_orders.py's request)
+beside a patient-view call on the same record (its ratio: order-sign / patient-view). In-process: cost from 100 to 10,000 Observations (slope per
 Observation). Results go to ``--out`` as JSON and a Markdown table.
 
     python benchmarks/bench_service.py [--seconds 5] [--rounds 3] [--connections 4]
@@ -53,6 +54,9 @@ OBSERVATIONS = 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FALLBACK_DELAY = 0.05
 FALLBACK = "no-prefetch fallback (FHIR 50 ms/request)"
+ORDER_SIGN = "order-sign (5 draft orders)"
+ORDER_VIEW = "patient-view, same record as order-sign"
+ORDER_SERVICE = "/cds-services/bone-health-order-sign"
 
 
 # --------------------------------------------------------------------------- the request
@@ -379,6 +383,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     fallback = results.get(FALLBACK)
     if fallback and fallback["rps"]:
         out.setdefault(FALLBACK, {})["p50 / FHIR delay"] = fallback["p50_ms"] / (FALLBACK_DELAY * 1000)
+    view = results.get(ORDER_VIEW)
+    if ORDER_SIGN in results and view and view["rps"]:
+        out.setdefault(ORDER_SIGN, {})["rps / patient-view same record"] = (
+            results[ORDER_SIGN]["rps"] / view["rps"])
     auth_off = results.get("typical")
     for name in ("auth on, replay memory", "auth on, replay default"):
         if name in results and auth_off and auth_off["rps"]:
@@ -464,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-gthread", action="store_true",
                     help="also serve the typical request with gunicorn's plain gthread worker "
                     "(same shape): the throughput cost of the slow-client-proof worker")
-    ap.add_argument("--scenarios", default="typical,auth,large,fallback",
-                    help="comma list of: typical, auth, large, fallback")
+    ap.add_argument("--scenarios", default="typical,auth,large,fallback,orders",
+                    help="comma list of: typical, auth, large, fallback, orders")
     ap.add_argument("--scaling", default="100,1000,3000,10000",
                     help="Observation counts for the in-process run ('' to skip)")
     ap.add_argument("--tiny", action="store_true", help="1 round of 1 s, small scaling run")
@@ -497,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         if "large" in scenarios:
             bodies["1,000 Observations"] = typical_request(1000)
             bodies["10,000 Observations"] = typical_request(10_000)
+        if "orders" in scenarios:
+            import bench_orders
+
+            bodies[ORDER_VIEW] = bench_orders.with_egfr(typical)
+            bodies[ORDER_SIGN] = bench_orders.order_sign_request(bodies[ORDER_VIEW])
         body_files = {}
         for name, doc in bodies.items():
             body_files[name] = tmp / f"body-{len(body_files)}.json"
@@ -588,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("1,000 Observations", "10,000 Observations"):
                     targets.append(Target(name, main_server, SERVICE, body_files[name],
                                           connections=2))
+            if "orders" in scenarios:
+                targets.append(Target(ORDER_VIEW, main_server, SERVICE, body_files[ORDER_VIEW],
+                                      connections=c))
+                targets.append(Target(ORDER_SIGN, main_server, ORDER_SERVICE,
+                                      body_files[ORDER_SIGN], connections=c))
             if "fallback" in scenarios:
                 fhir = FhirTestServer().start()
                 fhir.delay = FALLBACK_DELAY
