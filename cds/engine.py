@@ -171,7 +171,8 @@ class Engine:
                   if f"{r.get('resourceType')}/{r.get('id')}" not in draft_refs]
         facts = normalize_mod.normalize(record, context["patientId"], self.rules, as_of=self._today())
         findings = orders_mod.evaluate_orders(facts, drafts.orders, self.rules)
-        cards = cards_mod.build_cards(findings, facts, self.rules)
+        # per-card schema check as for patient-view: MSKCDS_CHECK_CARDS (on in the tests)
+        cards = cards_mod.build_cards(findings, facts, self.rules, check=self.config.check_cards)
         response = {"cards": cards}
         wire.check_response(response, cards_checked=True)
         return response
