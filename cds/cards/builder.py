@@ -246,10 +246,13 @@ def _value_rows(finding: Finding, rules: Rules) -> list[str]:
         rows.append(f"- {cr.measures[d.measure]}: {_with_unit(value, _unit(rules, d.unit))} "
                     f"({labels.computed})")
     age = getattr(finding.variables, "age", None)
+    age_now = getattr(finding.variables, "age_now", None)   # set when the age at the scan differs
     sex = getattr(finding.variables, "sex", None)
     if age is not None or sex:
         who = [labels.sex.get(sex, sex)] if sex else []
-        if age is not None:
+        if age_now is not None:
+            who.append(render(labels.age_then, {"age": str(age_now), "scan_age": str(age)}))
+        elif age is not None:
             who.append(render(labels.age, {"age": str(age)}))
         rows.append(f"- {labels.patient}: {', '.join(who)}")
     return rows

@@ -35,8 +35,9 @@ def evaluate_bone(facts: PatientFacts, rules: Rules) -> Finding | None:
     scan = latest_scan(facts, b)
     if scan is None or facts.birth_date is None:
         return None
-    age = age_on(facts.birth_date, scan.day)
-    adult = age >= b.t_score_min_age
+    age = age_on(facts.birth_date, scan.day)   # age at the scan decides T- vs Z-score (ISCD)
+    postmenopausal = facts.gender == "female" and _postmenopausal_by(facts, b, scan.day)
+    adult = age >= b.t_score_min_age or postmenopausal
     if adult:
         kind = Kind.T_SCORE
         bands = [(Code.OSTEOPOROSIS, b.osteoporosis), (Code.LOW_BONE_MASS, b.low_bone_mass)]
@@ -58,8 +59,14 @@ def evaluate_bone(facts: PatientFacts, rules: Rules) -> Finding | None:
                         "", Kind.T_SCORE if adult else Kind.Z_SCORE),
                 Applied("site", b.sites_citation, "", "sites"))
     key = day_scores[0]
-    variables = BoneVariables(date=scan.day, profile=b.label, value=key, site=key.site, age=age)
+    now = age_on(facts.birth_date, facts.as_of)
+    variables = BoneVariables(date=scan.day, profile=b.label, value=key, site=key.site, age=age,
+                              age_now=now if now != age else None)
     flags = _flags(facts, b, scan.day)
+    if facts.gender == "female" and not postmenopausal and age < b.menopause_note_below_age:
+        flags.add(Flag.MENOPAUSE_BY_AGE)       # age stays the proxy for menopause: the card says so
+    elif postmenopausal and age < b.t_score_min_age:
+        flags.add(Flag.MENOPAUSE_RECORDED)
     citations = [crit.citation, b.age_citation.citation, b.sites_citation.citation]
     if _region(b, key) == "not-stated":
         flags.add(Flag.RADIUS_REGION_NOT_STATED)   # read as the 33 % radius; the card says so
@@ -91,6 +98,12 @@ def latest_scan(facts: PatientFacts, b: BoneRules) -> Scan | None:
     return Scan(day, {k: [m for m in at_sites[k] if _region(b, m) != "other"]
                       for k in (Kind.T_SCORE, Kind.Z_SCORE)},
                 [m for m in at_sites[Kind.BMD] if m.day == day and _region(b, m) != "other"], unread)
+
+
+def _postmenopausal_by(facts: PatientFacts, b: BoneRules, day: date) -> bool:
+    """A postmenopausal state is on record with an onset on or before ``day`` (or none stated)."""
+    return any(c.onset is None or c.onset <= day
+               for category in b.postmenopausal_conditions for c in facts.conditions.get(category, ()))
 
 
 def _region(b: BoneRules, m: Measurement) -> str | None:

@@ -62,8 +62,9 @@ class BoneVariables:
     profile: str
     value: Measurement         # the lowest score at a diagnostic site that day
     site: str | None           # its site
-    age: int                   # age on the DXA day
+    age: int                   # age on the DXA day (decides T- vs Z-score)
     grade: str | None = None   # "clinical-fracture": osteoporosis by a hip/vertebral fragility fracture
+    age_now: int | None = None  # age today, when it differs from the age at the scan
     fracture: str | None = None          # the fracture's site words ("hip")
     fracture_date: str | None = None     # its onset date (ISO), or "date not recorded"
 

@@ -68,6 +68,8 @@ class BoneRules:
     lsc_percent: Mapping[str, float]
     lsc_citation: Criterion
     forearm: Forearm
+    postmenopausal_conditions: tuple[str, ...]   # recorded: a woman under the T-score age reads T-scores
+    menopause_note_below_age: int                # below it, a woman's card says age was the proxy
 
     def citation_refs(self) -> Iterator[tuple[str, str]]:
         """(field, citation id) for every citation bone.yaml names."""
@@ -144,6 +146,9 @@ class BoneFileSchema(Strict):
                               required=True)
     lsc_citation = fields.Nested(CitationRefSchema, required=True)
     forearm = fields.Nested(ForearmSchema, required=True)
+    postmenopausal_conditions = fields.List(fields.String(), required=True)
+    menopause_note_below_age = fields.Integer(required=True, strict=True,
+                                              validate=validate.Range(min=18, max=100))
     screening = fields.Nested(ScreeningSchema, required=True)
 
     @validates_schema
@@ -181,4 +186,6 @@ class BoneFileSchema(Strict):
             screening_age={"female": scr["female"], "male": scr["male"]},
             lsc_percent=dict(data["lsc_percent"]), lsc_citation=cited(data["lsc_citation"]),
             forearm=Forearm(site=fa["site"], diagnostic_words=tuple(fa["diagnostic_words"]),
-                            other_words=tuple(fa["other_words"]), citation=cited(fa["citation"])))
+                            other_words=tuple(fa["other_words"]), citation=cited(fa["citation"])),
+            postmenopausal_conditions=tuple(data["postmenopausal_conditions"]),
+            menopause_note_below_age=data["menopause_note_below_age"])

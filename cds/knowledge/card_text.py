@@ -86,11 +86,13 @@ class CardLabels:
     computed: str
     patient: str
     age: str                                  # "{age} years"
+    #: age now with the age at the scan, where they differ: "{age} years ({scan_age} at the scan)"
     sex: Mapping[str, str]
     delete_order: str                         # label of the suggestion that deletes a draft order
     delete_action: str                        # its action's description
     rule_page: str = "{title}"                # the card's link to its finding's rule page
     why: str = "Why:"                         # the label before the card's one-sentence reason
+    age_then: str = "{age} years ({scan_age} at the scan)"
     results: Mapping[str, str] = field(default_factory=dict)
     criteria: Mapping[str, str] = field(default_factory=dict)
     #: 25(OH)D fraction labels (d2, d3, and "sum" for a total added from them)
@@ -262,6 +264,7 @@ class LabelsSchema(Strict):
     computed = fields.String(required=True)
     patient = fields.String(required=True)
     age = fields.String(required=True)
+    age_then = fields.String(load_default="{age} years ({scan_age} at the scan)")
     sex = fields.Dict(keys=fields.String(validate=validate.OneOf(["male", "female"])),
                       values=fields.String(), required=True)
     delete_order = fields.String(required=True, validate=validate.Length(min=3))

@@ -136,6 +136,8 @@ class Flag(StrEnum):
     BISPHOSPHONATE_DRAFT = "bisphosphonate-draft"  # alendronate may be drafted (eGFR known and allows it)
     RADIUS_REGION_NOT_STATED = "radius-region-not-stated"  # the decisive radius result names no region: read as 33 %
     ON_GLUCOCORTICOID = "on-glucocorticoid"    # bone-risk-medication: the medicine is a glucocorticoid (ACR 2022 advice)
+    MENOPAUSE_RECORDED = "menopause-recorded"  # a woman under 50 read by T-score: postmenopausal state on record
+    MENOPAUSE_BY_AGE = "menopause-by-age"      # a woman, no postmenopausal state on record: age 50 is its proxy
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)
