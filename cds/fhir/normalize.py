@@ -855,7 +855,9 @@ def _medication(res: Mapping[str, Any], rtype: str, patient_id: str, term: Termi
             authored = _date_of(res.get("dateAsserted"))
     rid = res.get("id") if isinstance(res.get("id"), str) else None
     current = status in term.medication_status_current
-    dosed = _dosing(res, rtype, concept, orders) if orders is not None else {}
+    # the dose is read (and its elements validated) only for the classes a dose rule reads
+    dosed = _dosing(res, rtype, concept, orders) if orders is not None and \
+        any(b.drug_class in hits and b.min_per_day is not None for b in orders.bone_protection) else {}
     return [MedicationFact(category=cat, code=key, display=display, authored=authored,
                            resource_id=rid, status=status, current=current, **dosed)
             for cat, (key, display) in hits.items()]
