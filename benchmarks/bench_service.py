@@ -60,11 +60,22 @@ ORDER_SERVICE = "/cds-services/bone-health-order-sign"
 
 
 # --------------------------------------------------------------------------- the request
+#: The examples the typical record takes its Observations from (the first one of each code, in
+#: this order). Named, not globbed: a new example must not change what the benchmark measures
+#: (the record gets 2 cards: osteoporosis and vitamin D below the bone target).
+TYPICAL_EXAMPLES = (
+    "bmd-below-expected-for-age", "dxa-screening-due", "fracture-treatment-gap", "healthy",
+    "low-bone-mass", "low-muscle-mass", "osteoporosis", "osteosarcopenia", "sarcopenia-confirmed",
+    "sarcopenia-probable", "sarcopenia-severe", "vitamin-d-below-bone-target",
+    "vitamin-d-deficiency-kidney-failure", "vitamin-d-deficiency", "vitamin-d-excess",
+    "vitamin-d-insufficiency")
+
+
 def typical_request(n_obs: int = OBSERVATIONS) -> dict[str, Any]:
-    """One patient with a history of every observation kind the examples use."""
+    """One patient with a history of every observation kind the named examples use."""
     by_code: dict[str, dict[str, Any]] = {}
     base = json.loads((EXAMPLES / "osteosarcopenia.request.json").read_text())
-    for path in sorted(EXAMPLES.glob("*.request.json")):
+    for path in (EXAMPLES / f"{name}.request.json" for name in TYPICAL_EXAMPLES):
         doc = json.loads(path.read_text())
         for entry in (doc["prefetch"].get("observations") or {}).get("entry", []):
             res = entry["resource"]

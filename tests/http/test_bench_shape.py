@@ -27,6 +27,7 @@ def test_bench_tiny_run_has_every_target_ratio_and_the_scaling(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     targets = report["targets"]
+    assert report["cards"] >= 1   # the typical record gets cards: card building is measured too
     assert {"floor: constant", "floor: parse", "floor: build", "typical",
             "patient-view, same record as order-sign", "order-sign (5 draft orders)"} <= set(targets)
     assert targets["order-sign (5 draft orders)"]["path"] == "/cds-services/bone-health-order-sign"
