@@ -93,6 +93,8 @@ def latest_scan(facts: PatientFacts, b: BoneRules) -> Scan | None:
     unread = _unread_on_or_after(facts, day)
     if unread is None or day < facts.birth_date:
         return None   # a later scan could not be read, or the scan is dated before birth
+    if any(d > day for d in unread_dxa_reports(facts, b)):
+        return None   # a later DXA report whose results cannot be read is the latest DXA
     # a forearm result of another region than the 33 % radius is part of the scan (it dates it)
     # but never diagnoses
     return Scan(day, {k: [m for m in at_sites[k] if _region(b, m) != "other"]
@@ -104,6 +106,19 @@ def _postmenopausal_by(facts: PatientFacts, b: BoneRules, day: date) -> bool:
     """A postmenopausal state is on record with an onset on or before ``day`` (or none stated)."""
     return any(c.onset is None or c.onset <= day
                for category in b.postmenopausal_conditions for c in facts.conditions.get(category, ()))
+
+
+def unread_dxa_reports(facts: PatientFacts, b: BoneRules) -> list[date]:
+    """Days of the DXA reports none of whose results could be read: no usable T-score, Z-score or
+    BMD among the Observations it lists, nor of its day. Newest first; none dated after today."""
+    read = [m for kind in _SCAN_KINDS for m in facts.all(kind)]
+    ids = {m.resource_id for m in read if m.resource_id}
+    days = {m.day for m in read}
+
+    def lists_a_read_result(refs: tuple[str, ...]) -> bool:
+        return any(ref.rsplit("/", 1)[-1] in ids and "Observation/" in ref for ref in refs)
+    return sorted({r.day for r in facts.reports if r.category in b.dxa_reports and r.day <= facts.as_of
+                   and r.day not in days and not lists_a_read_result(r.results)}, reverse=True)
 
 
 def _region(b: BoneRules, m: Measurement) -> str | None:
@@ -159,6 +174,8 @@ def dxa_screening(facts: PatientFacts, rules: Rules) -> Finding | None:
     # "no DXA result" would be a guess.
     if any(facts.all(kind) or facts.unusable.get(kind) for kind in b.screening_kinds):
         return None
+    if any(r.category in b.dxa_reports for r in facts.reports):
+        return None   # a DXA report on record is a DXA done, read or not
     if any_condition(facts, b.suppress_conditions) or any_medication(facts, b.suppress_medications):
         return None
     variables = ScreeningVariables(date=facts.as_of, profile=b.screening_label, age=age,
@@ -184,8 +201,9 @@ def bmd_loss(facts: PatientFacts, rules: Rules) -> Finding | None:
     losses = []
     for (site, _side), values in series.items():
         pair = _latest_two_scans(values)
-        if pair is None or unread_since(facts, Kind.BMD, pair[1].day):
-            continue
+        if pair is None or unread_since(facts, Kind.BMD, pair[1].day) or \
+                any(d >= pair[1].day for d in unread_dxa_reports(facts, b)):
+            continue   # an unreadable BMD or DXA report since the previous scan: no comparison
         latest, previous = pair
         change = round((previous.value - latest.value) / previous.value * 100, 9)
         if change >= b.lsc_percent[site]:   # ISCD: significant when it equals or exceeds the LSC

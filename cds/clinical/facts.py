@@ -69,6 +69,14 @@ class MedicationFact:
     ended: date | None = None         # Statement effectivePeriod.end (a course that has ended)
 
 
+@dataclass(frozen=True)
+class ReportFact:
+    category: str             # value-set name (valuesets.yaml reports:), e.g. "dxa-report"
+    day: date                 # effective[x], else issued
+    results: tuple[str, ...] = ()   # ids of the Observations it lists as results ("Observation/<id>")
+    resource_id: str | None = None
+
+
 @dataclass
 class PatientFacts:
     patient_id: str
@@ -80,6 +88,7 @@ class PatientFacts:
     conditions: dict[str, list[ConditionFact]] = field(default_factory=dict)
     medications: dict[str, list[MedicationFact]] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)  # reasons, no patient data
+    reports: list[ReportFact] = field(default_factory=list)   # DiagnosticReports in the value sets
     # first and last day the birthDate can mean: equal for a full date; for a partial
     # birthDate (YYYY / YYYY-MM) birth_date stays None and only this range is known
     birth_date_range: tuple[date, date] | None = None

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import date
 
+from cds.clinical.bone import unread_dxa_reports
 from cds.clinical.common import any_condition, known_age_at_least, make_finding, usable
 from cds.clinical.facts import Measurement, PatientFacts, age_on
 from cds.clinical.findings import Applied, BoneVariables, Finding, FractureGapVariables
@@ -106,6 +107,9 @@ def treatment_gap(facts: PatientFacts, rules: Rules, lowest_t: float | None) -> 
         flags.add(Flag.CLINICAL_OSTEOPOROSIS)
     if _dxa_since(facts, fr, latest.onset):
         flags.add(Flag.DXA_SINCE_FRACTURE)
+    elif any(d >= latest.onset for d in unread_dxa_reports(facts, rules.bone)):
+        # a DXA was done since the fracture, but its report has no result that can be read
+        flags |= {Flag.DXA_SINCE_FRACTURE, Flag.DXA_REPORT_UNREAD}
     cards = rules.cards.labels.results
     variables = FractureGapVariables(
         date=latest.onset, profile=rules.citations[fr.gap_citation.citation].label,

@@ -2,8 +2,10 @@
 
 What becomes a fact (every rule here is data in rules/ where it is knowledge):
 
-- Only Patient, Observation, Condition, MedicationRequest and
-  MedicationStatement are read; other resource types are ignored.
+- Only Patient, Observation, Condition, MedicationRequest,
+  MedicationStatement and DiagnosticReport (the value sets' report codes: its
+  date and result references, "a DXA was done") are read; other resource
+  types are ignored.
 - Never a fact from another patient: a resource whose subject is not
   ``Patient/<id>`` (or an absolute URL ending in ``/Patient/<id>``, optionally
   ``/_history/<v>``) is dropped, as is a Patient whose id is not the patient
@@ -56,6 +58,7 @@ from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.condition import Condition as FhirCondition
 from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement as FhirMedicationStatement
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport as FhirDiagnosticReport
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.observation import ObservationComponent
 from fhir.resources.R4B.patient import Patient as FhirPatient
@@ -63,7 +66,7 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
 from cds.clinical.drafts import DosagePlan
-from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, age_on
+from cds.clinical.facts import ConditionFact, Measurement, MedicationFact, PatientFacts, ReportFact, age_on
 from cds.fhir.dosage import read_plan
 from cds.hooks.wire import FHIR_ID
 from cds.knowledge.rules import Rules
@@ -75,10 +78,13 @@ COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement")
 _MODELS = {"Observation": FhirObservation, "Patient": FhirPatient, "Condition": FhirCondition,
            "MedicationRequest": FhirMedicationRequest,
-           "MedicationStatement": FhirMedicationStatement}
+           "MedicationStatement": FhirMedicationStatement,
+           "DiagnosticReport": FhirDiagnosticReport}
 # The elements normalize reads, per type (validated; other elements are not used).
 # Observations are validated element by element (_validate_observation).
 _USED = {
+    "DiagnosticReport": ("resourceType", "id", "status", "subject", "code", "effectiveDateTime",
+                         "effectivePeriod", "issued", "result"),
     "Patient": ("resourceType", "id", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime"),
     "Condition": ("resourceType", "id", "subject", "code", "clinicalStatus",
                   "verificationStatus", "onsetDateTime", "onsetPeriod"),
@@ -168,6 +174,8 @@ class _Reader:
             elif rtype == "Condition":
                 for c in _condition(res, self.patient_id, self.term):
                     facts.conditions.setdefault(c.category, []).append(c)
+            elif rtype == "DiagnosticReport":
+                facts.reports.extend(_report(res, self.patient_id, self.term, self.latest_day))
             else:
                 for med in _medication(res, rtype, self.patient_id, self.term, self.medications,
                                        self.orders):
@@ -731,6 +739,34 @@ def _unit_rule(term: Terminology, kind: str, qty: Mapping[str, Any]) -> tuple[Un
         shown = sent if isinstance(sent, str) and _UNIT_SHOWN.match(sent) else "?"
         raise _Drop(f"unit {shown!r} not accepted for {kind}")
     return rule, sent
+
+
+# --------------------------------------------------------------------------- DiagnosticReport
+#: FHIR R4 DiagnosticReportStatus codes that mean the study was done (cancelled, entered-in-error,
+#: registered and unknown do not).
+_REPORT_DONE = frozenset({"partial", "preliminary", "final", "amended", "corrected", "appended"})
+
+
+def _report(res: Mapping[str, Any], patient_id: str, term: Terminology,
+            latest_day: date) -> list[ReportFact]:
+    """A DiagnosticReport in the value sets (a DXA report): its day and the Observations it lists.
+    Only the elements read here are validated."""
+    categories = {cat.category for c in _codings(res.get("code"))
+                  for cat in term.report_categories(c.get("system"), c.get("code"))}
+    if not categories:
+        return []   # not a report the rules read (the search is filtered by code; skip quietly)
+    _check_subject(res, patient_id)
+    if _text(res.get("status")) not in _REPORT_DONE:
+        raise _Drop("status is not a done report")
+    when = _effective(res)
+    if when.date() > latest_day:
+        raise _Drop("dated in the future")
+    _validate(res, "DiagnosticReport", checked=("effectiveDateTime", "issued"))
+    results = tuple(ref["reference"] for ref in res.get("result") or ()
+                    if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str))
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    return [ReportFact(category=cat, day=when.date(), results=results, resource_id=rid)
+            for cat in sorted(categories)]
 
 
 # --------------------------------------------------------------------------- Condition

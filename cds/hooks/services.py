@@ -34,7 +34,7 @@ class ServiceDeclaration:
 SERVICES: tuple[ServiceDeclaration, ...] = (
     ServiceDeclaration(id="bone-muscle-health", hook="patient-view", evaluator="patient-record",
                        prefetch=("patient", "observations", "conditions", "medications",
-                                 "medicationStatements")),
+                                 "medicationStatements", "diagnosticReports")),
     # Order checks: the draft orders in the context against the same record (rules/orders.yaml).
     ServiceDeclaration(id="bone-health-order-select", hook="order-select", evaluator="draft-orders",
                        prefetch=("patient", "observations", "conditions", "medications")),

@@ -70,6 +70,7 @@ class BoneRules:
     forearm: Forearm
     postmenopausal_conditions: tuple[str, ...]   # recorded: a woman under the T-score age reads T-scores
     menopause_note_below_age: int                # below it, a woman's card says age was the proxy
+    dxa_reports: tuple[str, ...]                 # DiagnosticReport categories that are a DXA done
 
     def citation_refs(self) -> Iterator[tuple[str, str]]:
         """(field, citation id) for every citation bone.yaml names."""
@@ -147,6 +148,7 @@ class BoneFileSchema(Strict):
     lsc_citation = fields.Nested(CitationRefSchema, required=True)
     forearm = fields.Nested(ForearmSchema, required=True)
     postmenopausal_conditions = fields.List(fields.String(), required=True)
+    dxa_reports = fields.List(fields.String(), required=True)
     menopause_note_below_age = fields.Integer(required=True, strict=True,
                                               validate=validate.Range(min=18, max=100))
     screening = fields.Nested(ScreeningSchema, required=True)
@@ -188,4 +190,5 @@ class BoneFileSchema(Strict):
             forearm=Forearm(site=fa["site"], diagnostic_words=tuple(fa["diagnostic_words"]),
                             other_words=tuple(fa["other_words"]), citation=cited(fa["citation"])),
             postmenopausal_conditions=tuple(data["postmenopausal_conditions"]),
-            menopause_note_below_age=data["menopause_note_below_age"])
+            menopause_note_below_age=data["menopause_note_below_age"],
+            dxa_reports=tuple(data["dxa_reports"]))

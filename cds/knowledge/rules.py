@@ -134,6 +134,8 @@ def _check_categories(paths: Mapping[str, Path], rules: Rules) -> None:
                for c in rules.bone.fracture_conditions]
     checks += [(paths["bone"], "postmenopausal_conditions", c, known_conditions)
                for c in rules.bone.postmenopausal_conditions]
+    checks += [(paths["bone"], "dxa_reports", c, _category_names(term.report_codes, ()))
+               for c in rules.bone.dxa_reports]
     checks += [(paths["cards"], f"findings.{f}.problem_category", card.problem_category,
                 known_conditions)
                for f, card in rules.cards.findings.items() if card.problem_category]

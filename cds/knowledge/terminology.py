@@ -100,6 +100,8 @@ class ValueSetsSchema(Strict):
                               values=fields.Nested(CategorySchema), load_default=dict)
     orderables = fields.Dict(keys=fields.String(validate=NAME),
                              values=fields.Nested(CodeEntrySchema), load_default=dict)
+    reports = fields.Dict(keys=fields.String(validate=NAME),
+                          values=fields.Nested(CategorySchema), load_default=dict)
     unverified = fields.List(fields.Nested(UnverifiedSchema), load_default=list)
 
 
@@ -267,6 +269,7 @@ class Terminology:
     kind_titles: Mapping[str, str]
     ucum_system: str = "http://unitsofmeasure.org"
     max_age_years: int | None = None   # data_quality.yaml patient.max_age_years: older = entry error
+    report_codes: Mapping[str, tuple[CategoryCode, ...]] = field(default_factory=dict)  # DiagnosticReport.code
     _prefetch: Mapping[str, str] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- lookups
@@ -282,6 +285,9 @@ class Terminology:
 
     def medication_categories(self, system: str | None, code: str | None) -> tuple[CategoryCode, ...]:
         return self.medication_codes.get(f"{system}|{code}", ())
+
+    def report_categories(self, system: str | None, code: str | None) -> tuple[CategoryCode, ...]:
+        return self.report_codes.get(f"{system}|{code}", ())
 
     def canonical_unit(self, kind: str) -> str:
         return self.units[kind].canonical
@@ -332,7 +338,7 @@ def _categories(path: Path, section: str, systems: Mapping[str, str],
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _build_prefetch(observation_keys: list[str]) -> dict[str, str]:
+def _build_prefetch(observation_keys: list[str], report_keys: list[str] | None = None) -> dict[str, str]:
     # FHIR token search: system|code, several values OR-ed with ',' (FHIR R4 search §3.1.1.4.1,
     # §3.1.1.5.2). '|' is written literally as in the FHIR and CDS Hooks specifications' own
     # examples; the EHR percent-encodes the query when it sends it.
@@ -351,6 +357,9 @@ def _build_prefetch(observation_keys: list[str]) -> dict[str, str]:
         # Many EHRs record over-the-counter vitamin D, denosumab given elsewhere and long-term
         # prednisone as MedicationStatement only; read beside MedicationRequest (same rules).
         "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
+        # A DXA report whose results are not coded Observations still says a DXA was done.
+        **({"diagnosticReports": "DiagnosticReport?patient={{context.patientId}}"
+                                 f"&code={','.join(report_keys)}"} if report_keys else {}),
     }
 
 
@@ -411,6 +420,7 @@ def load_terminology(rules_dir: Path) -> Terminology:
                 fraction=entry.get("fraction"))
 
     condition_codes = _categories(vs_path, "conditions", systems, vs["conditions"])
+    report_codes = _categories(vs_path, "reports", systems, vs["reports"])
     medication_codes = _categories(vs_path, "medications", systems, vs["medications"])
     keywords = tuple((kw, cat) for cat, body in vs["medications"].items()
                      for kw in body["text_keywords"])
@@ -457,5 +467,6 @@ def load_terminology(rules_dir: Path) -> Terminology:
         kind_titles=MappingProxyType({k: v["title"] for k, v in vs["observations"].items()}),
         ucum_system=un["ucum_system"],
         max_age_years=(dq.get("patient") or {}).get("max_age_years"),
-        _prefetch=MappingProxyType(_build_prefetch(list(observation_codes))),
+        report_codes=MappingProxyType(report_codes),
+        _prefetch=MappingProxyType(_build_prefetch(list(observation_codes), list(report_codes))),
     )

@@ -138,6 +138,7 @@ class Flag(StrEnum):
     ON_GLUCOCORTICOID = "on-glucocorticoid"    # bone-risk-medication: the medicine is a glucocorticoid (ACR 2022 advice)
     MENOPAUSE_RECORDED = "menopause-recorded"  # a woman under 50 read by T-score: postmenopausal state on record
     MENOPAUSE_BY_AGE = "menopause-by-age"      # a woman, no postmenopausal state on record: age 50 is its proxy
+    DXA_REPORT_UNREAD = "dxa-report-unread"    # a DXA report is on record but none of its results can be read
 
 
 FLAGS: tuple[str, ...] = tuple(f.value for f in Flag)

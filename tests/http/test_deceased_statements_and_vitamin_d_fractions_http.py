@@ -32,7 +32,7 @@ def call(server, patient: dict[str, Any], observations=(), statements=()) -> lis
             "context": {"userId": "Practitioner/x", "patientId": PATIENT},
             "prefetch": {"patient": patient, "observations": searchset(*observations),
                          "conditions": searchset(), "medications": searchset(),
-                         "medicationStatements": searchset(*statements)}}
+                         "medicationStatements": searchset(*statements), "diagnosticReports": searchset()}}
     r = requests.post(f"{server.base_url}/cds-services/bone-muscle-health", json=body, timeout=20)
     assert r.status_code == 200, r.text
     return r.json()["cards"]

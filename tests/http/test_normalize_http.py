@@ -41,7 +41,7 @@ def call(server, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                      "birthDate": "1960-05-06"},
                          "observations": searchset(*observations),
                          "conditions": searchset(), "medications": searchset(),
-                         "medicationStatements": searchset()}}
+                         "medicationStatements": searchset(), "diagnosticReports": searchset()}}
     r = requests.post(f"{server.base_url}/cds-services/bone-muscle-health", json=body, timeout=20)
     assert r.status_code == 200, r.text
     return r.json()["cards"]

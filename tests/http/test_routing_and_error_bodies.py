@@ -64,7 +64,7 @@ def test_no_data_gives_empty_cards(open_server):
     # The client says "no data" for every search key (null), so nothing is fetched.
     body = pv_request()
     body["prefetch"].update({"observations": None, "conditions": None, "medications": None,
-                             "medicationStatements": None})
+                             "medicationStatements": None, "diagnosticReports": None})
     r = requests.post(open_server.url("/cds-services/bone-muscle-health"), json=body, timeout=5)
     assert r.status_code == 200, r.text
     assert r.json() == {"cards": []}
@@ -75,7 +75,7 @@ def test_missing_keys_without_fhir_server_is_412_naming_them(open_server):
     assert r.status_code == 412, r.text
     named = {e for i in r.json()["issue"] for e in i.get("expression", [])}
     assert {"prefetch.observations", "prefetch.conditions", "prefetch.medications",
-            "prefetch.medicationStatements"} <= named
+            "prefetch.medicationStatements", "prefetch.diagnosticReports"} <= named
 
 
 def test_a_werkzeug_5xx_is_a_generic_500_not_a_400_with_werkzeug_text(make_app):

@@ -102,6 +102,7 @@ prefetches = st.fixed_dictionaries({}, optional={
     "conditions": st.none() | bundle_of(conditions | resources) | prefetch_values,
     "medications": st.none() | bundle_of(medications | resources) | prefetch_values,
     "medicationStatements": st.none() | bundle_of(medications | resources) | prefetch_values,
+    "diagnosticReports": st.none() | bundle_of(resources) | prefetch_values,
     "extra-key": prefetch_values}) | json_values
 
 
@@ -110,7 +111,7 @@ def valid_request() -> dict[str, Any]:
             "context": {"userId": "Practitioner/fz", "patientId": PATIENT},
             "prefetch": {"patient": {"resourceType": "Patient", "id": PATIENT},
                          "observations": None, "conditions": None, "medications": None,
-                         "medicationStatements": None}}
+                         "medicationStatements": None, "diagnosticReports": None}}
 
 
 TOP_LEVEL = ["hook", "hookInstance", "fhirServer", "fhirAuthorization", "context", "prefetch",

@@ -98,7 +98,10 @@ def test_convert_refuses_units_not_accepted(term):
 # ----------------------------------------------------------------------------- prefetch
 def test_prefetch_templates_shape(term):
     p = term.prefetch_templates()
-    assert set(p) == {"patient", "observations", "conditions", "medications", "medicationStatements"}
+    assert set(p) == {"patient", "observations", "conditions", "medications", "medicationStatements",
+                      "diagnosticReports"}
+    assert p["diagnosticReports"] == ("DiagnosticReport?patient={{context.patientId}}"
+                                      "&code=http://loinc.org|38269-7,http://loinc.org|83311-1")
     assert p["patient"] == "Patient/{{context.patientId}}"
     assert p["conditions"].startswith("Condition?patient={{context.patientId}}")
     assert p["medications"].startswith("MedicationRequest?patient={{context.patientId}}")
