@@ -76,9 +76,9 @@ def _sections(doc: dict, name: str) -> dict:
 
 
 def _all_codes(doc: dict) -> list[tuple[str, str, dict]]:
-    """(where, category, entry) for every code entry in observations/conditions/medications."""
+    """(where, category, entry) for every code entry in observations/conditions/medications/reports."""
     out = []
-    for where in ("observations", "conditions", "medications"):
+    for where in ("observations", "conditions", "medications", "reports"):
         for category, body in _sections(doc, where).items():
             assert isinstance(body, dict), f"{where}.{category} must be a mapping"
             assert isinstance(body.get("title"), str) and body["title"].strip(), \
@@ -94,7 +94,7 @@ def _all_codes(doc: dict) -> list[tuple[str, str, dict]]:
 def test_top_level_layout(doc):
     assert doc["version"] == 1
     assert set(doc) == {"version", "code_systems", "observations", "conditions", "medications",
-                        "orderables", "unverified"}
+                        "reports", "orderables", "unverified"}
     assert doc["code_systems"] == SYSTEM_URIS
 
 
