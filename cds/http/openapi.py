@@ -146,7 +146,10 @@ def document(engine: Any, config: Config) -> dict[str, Any]:
             "responses": {"200": {"description": "Stored (a report equal to a stored one "
                                   "is a duplicate, kept once).",
                                   "content": _json("FeedbackAnswer")},
-                          **body_errors, **auth_errors, "404": _error("No such service."),
+                          **body_errors, **auth_errors,
+                          "404": _error("No such service, or every card the request names is "
+                                        "unknown to this service (another client's card is "
+                                        "answered alike)."),
                           "503": _unavailable()}}})
     spec.path("/admin/feedback-summary", operations={"get": {
         "operationId": "feedback-summary",

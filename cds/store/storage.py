@@ -52,7 +52,7 @@ from cds.config import Config, ConfigError
 from cds.store.db import ProcessLocalEngine, build_engine, describe_url, upsert_insert
 from cds.store.migrate import migrate
 from cds.store.writer import IssuedCardWriter, SharedClock
-from cds.errors import BadRequest, Issue, ServiceError, ServiceUnavailable
+from cds.errors import BadRequest, Issue, NotFound, ServiceError, ServiceUnavailable
 
 log = logging.getLogger("mskcds.storage")
 
@@ -289,6 +289,12 @@ def report_key(service_id: str, item: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+def _by_item(issue: Issue) -> int:
+    """Issues in request order (a stable sort keeps each item's own issues in theirs)."""
+    m = re.match(r"feedback\[(\d+)\]", issue.expression or "")
+    return int(m.group(1)) if m else -1
+
+
 class FeedbackCounts(NamedTuple):
     stored: int
     duplicates: int
@@ -458,6 +464,7 @@ class SqlStore:
                         known[card_id] = _Known(record["card_uuid"], record["service_id"],
                                                 record["suggestion_uuids"])
             issues: list[Issue] = []
+            unknown_issues: list[Issue] = []
             unknown = 0
             rows: list[dict[str, Any]] = []
             for index, item in enumerate(items):
@@ -466,9 +473,10 @@ class SqlStore:
                 card = known.get(card_id)
                 if card is None and self.unknown_card == "reject":
                     unknown += 1
-                    issues.append(Issue(f"{where}.card: {card_id} is not a card this service "
-                                        "issued (or its record has passed retention)",
-                                        expression=f"{where}.card"))
+                    unknown_issues.append(Issue(f"{where}.card: {card_id} is not a card this "
+                                                "service issued (or its record has passed "
+                                                "retention)", expression=f"{where}.card",
+                                                code="not-found"))
                     continue
                 if card is not None and card.service_id != service_id:
                     issues.append(Issue(f"{where}.card: {card_id} was issued by service "
@@ -503,8 +511,11 @@ class SqlStore:
                 raise StorageUnavailable(Issue(
                     "The card record may still be being written after a database outage; "
                     "retry shortly.", code="transient"), retry_after=2)
-            if issues:
-                raise BadRequest(issues)  # rolls the transaction back: nothing is stored
+            if issues:  # rolls the transaction back: nothing is stored
+                raise BadRequest(sorted(issues + unknown_issues, key=_by_item))
+            if unknown_issues:
+                # Every problem is a card not on record (or another client's: answered alike).
+                raise NotFound(unknown_issues)
             inserted = {row.report_key for row in conn.execute(
                 _insert_ignore(conn, feedback, "report_key").returning(feedback.c.report_key),
                 rows)}

@@ -143,10 +143,25 @@ def test_external_payload_as_is_names_unknown_cards(server, store, shared_dir):
     doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
     before = store.counts()["feedback"]
     r = post(server, doc)
-    assert r.status_code == 400
+    assert r.status_code == 404  # every card it names is unknown here
     body = r.json()
     assert body["resourceType"] == "OperationOutcome"
     assert [i["expression"] for i in body["issue"]] == [["feedback[0].card"], ["feedback[1].card"]]
+    assert {i["code"] for i in body["issue"]} == {"not-found"}
+    assert store.counts()["feedback"] == before
+
+
+def test_an_unknown_card_beside_another_problem_is_one_400_naming_both(server, store, shared_dir):
+    doc = load(shared_dir / "cql-services" / "fixtures" / "hooks-feedback" / "feedbackFor2.json")
+    (card,) = issue(server, store, 1)
+    body = substitute(doc, [card, card])
+    body["feedback"][0]["card"] = str(uuid.uuid4())         # unknown
+    body["feedback"][1]["outcome"] = "dismissed"            # not a CDS Hooks outcome
+    before = store.counts()["feedback"]
+    r = post(server, body)
+    assert r.status_code == 400, r.text
+    expressions = [i.get("expression") for i in r.json()["issue"]]
+    assert ["feedback[1].outcome"] in expressions, expressions
     assert store.counts()["feedback"] == before
 
 
@@ -356,5 +371,5 @@ def test_admin_summary_and_feedback_need_a_token_when_auth_is_on(tmp_path):
                               "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
         assert requests.post(other, json=body, timeout=10).status_code == 401
         r = requests.post(other, json=body, headers=ehr.bearer(other), timeout=10)
-        assert r.status_code == 400  # past authentication: the card is unknown
+        assert r.status_code == 404  # past authentication: the card is unknown
         assert r.json()["issue"][0]["expression"] == ["feedback[0].card"]

@@ -6,8 +6,8 @@ stopped for 10 s and started again. Every service call keeps answering 200 (advi
 first); the issued-card records of the outage wait in each worker's bounded queue and are
 written when the database is back; feedback on every card issued before, during and
 after the outage then succeeds (a 503 with Retry-After while the database is away, never
-a 400 "unknown card"). Before the writer, 1,452 such records were lost and their feedback
-was 400 forever.
+a 404 "unknown card"). Before the writer, 1,452 such records were lost and their feedback
+was refused as unknown forever.
 """
 from __future__ import annotations
 

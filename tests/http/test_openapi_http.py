@@ -71,7 +71,7 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     services = [s["id"] for s in requests.get(server.url("/cds-services"),
                                               timeout=10).json()["services"]]
     # What the document cannot express (state, not shape): a call whose prefetch lacks a key
-    # is a 412 (CDS Hooks 2.0), feedback on a card this service never issued is a 400, and a
+    # is a 412 (CDS Hooks 2.0), feedback on cards this service never issued is a 404, and a
     # hook's cross-field context rules (draft orders) are 400s naming the field.
     config = []
     for sid in services:
@@ -81,7 +81,7 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
                       f'[[operations]]\ninclude-name = "POST /cds-services/{sid}"\n'
                       'checks.positive_data_acceptance.expected-statuses = ["2xx", "412"]\n')
         config.append(f'[[operations]]\ninclude-name = "POST /cds-services/{sid}/feedback"\n'
-                      'checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]\n')
+                      'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]\n')
     # The preview is disabled here (404); a service call it forwards may be a 412 when enabled.
     # The summary's bounds: a day that does not exist (2026-02-30) or from >= to is a 400.
     config.append('[[operations]]\ninclude-name = "GET /admin/feedback-summary"\n'
@@ -92,7 +92,10 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     run = subprocess.run(
         [SCHEMATHESIS, "--config-file", str(config_file), "run", server.url("/openapi.json"),
          "--seed", str(SEED), "--max-examples", str(EXAMPLES_PER_OPERATION),
-         "--workers", "2", "--request-timeout", "20", "--no-color",
+         # One worker: with two threads hypothesis's strategy repr (ast.parse of lambdas) meets
+         # CPython's spurious "AST constructor recursion depth mismatch" SystemError (gh-106905),
+         # a runtime error of the fuzzer, not a finding about the service.
+         "--workers", "1", "--request-timeout", "20", "--no-color",
          "--generation-database", "none", "--report", "junit", "--report-dir", str(report)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     summary = run.stdout[-6000:]

@@ -67,11 +67,11 @@ def test_feedback_on_another_clients_card_is_answered_as_an_unknown_card(env):
     ghost = str(uuid.uuid4())
     unknown = requests.post(url, json=_feedback(ghost), headers=b.bearer(url), timeout=10)
     foreign = requests.post(url, json=_feedback(card), headers=b.bearer(url), timeout=10)
-    assert foreign.status_code == unknown.status_code == 400, foreign.text
+    assert foreign.status_code == unknown.status_code == 404, foreign.text
     assert _without_ids(foreign.json(), card) == _without_ids(unknown.json(), ghost)
     # Same iss, another tenant: also not its card.
     other_tenant = requests.post(url, json=_feedback(card), headers=b2.bearer(url), timeout=10)
-    assert other_tenant.status_code == 400, other_tenant.text
+    assert other_tenant.status_code == 404, other_tenant.text
     # The issuing client (and tenant) may report on it.
     own = requests.post(url, json=_feedback(card), headers=a.bearer(url), timeout=10)
     assert own.status_code == 200 and own.json()["stored"] == 1, own.text

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from cds.config import Config
-from cds.errors import BadRequest
+from cds.errors import BadRequest, NotFound
 from cds.store.migrate import current_revision, migrate
 from cds.store.storage import (COMMENT_ONLY, NO_REASON, UNKNOWN_FINDING, Owner, SqlStore, open_store,
                                report_key)
@@ -280,7 +280,7 @@ def test_unknown_card_rejected_by_default(db_url):
     store = store_for(db_url)
     card = issue(store, make_card("osteoporosis"))[0]
     ghost = make_card("osteoporosis")  # never issued
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(NotFound) as err:
         store.record_feedback(SERVICE, {"feedback": [accepted(card), overridden(ghost)]})
     assert expressions(err.value) == ["feedback[1].card"]
     assert store.counts()["feedback"] == 0
@@ -292,7 +292,7 @@ def test_another_clients_card_is_an_unknown_card_and_reports_split_by_owner(db_u
     card = make_card("osteoporosis")
     assert store.record_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card], owner=a)
     for other in (b, a2):
-        with pytest.raises(BadRequest) as err:
+        with pytest.raises(NotFound) as err:
             store.record_feedback(SERVICE, {"feedback": [accepted(card)]}, owner=other)
         assert expressions(err.value) == ["feedback[0].card"]
         assert "is not a card this service issued" in err.value.issues[0].diagnostics
@@ -413,7 +413,7 @@ def test_purge_deletes_old_cards_with_their_feedback(db_url):
     assert store.counts() == {"issued_cards": 0, "feedback": 0}
     # Feedback on a purged card is feedback on an unknown card.
     strict = store_for(db_url)
-    with pytest.raises(BadRequest):
+    with pytest.raises(NotFound):
         strict.record_feedback(SERVICE, {"feedback": [accepted(kept, "2026-02-01T00:00:00Z")]})
 
 

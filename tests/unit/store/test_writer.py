@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cds.config import Config
-from cds.errors import BadRequest, Issue
+from cds.errors import BadRequest, Issue, NotFound
 from cds.store import writer as writer_mod
 from cds.store.storage import SqlStore, StorageUnavailable, open_store
 from feedback_support import SERVICE, make_card
@@ -126,9 +126,9 @@ def test_records_are_kept_while_the_database_is_down_and_written_when_it_is_back
         assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
 
 
-def test_unknown_card_is_400_when_the_database_has_been_fine(tmp_path):
+def test_unknown_card_is_404_when_the_database_has_been_fine(tmp_path):
     store = store_at(tmp_path)
-    with pytest.raises(BadRequest):
+    with pytest.raises(NotFound):
         store.record_feedback(SERVICE, feedback_on(make_card("osteoporosis", 0)))
 
 
