@@ -6,13 +6,16 @@ patient may be taking now, and no DXA in the last two years: one info card namin
 (and, for a glucocorticoid, the dose as read and since when) with a DXA order suggestion.
 
 The glucocorticoid dose is read as the order checks read it (cds.clinical.orders.glucocorticoid_dose:
-one dosage reader, one set of prednisone equivalents); a dose or duration that cannot be read, a
-start that is not a full date, a course that has ended, a DXA dated after today: no card.
+one dosage reader, one set of prednisone equivalents). "So far" counts from the record's start
+to today (or its end, or the end of the days its dosage or supply gives), joined with the earlier
+qualifying records it continues (refills within medication_risk.yaml refill_gap_days). A dose or
+duration that cannot be read, a start that is not a full date, a course that has ended, a DXA
+dated after today: no card.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Iterable
 
 from cds.clinical.common import any_medication, make_finding
@@ -34,6 +37,7 @@ class Exposure:
     per_day: float | None = None     # glucocorticoid: mg/day prednisone-equivalent
     own_mg: float | None = None      # glucocorticoid: mg/day of the drug itself
     days: int | None = None          # glucocorticoid: days at or above the limit so far
+    since: date | None = None        # glucocorticoid: the first day of those days
 
 
 def _text(template: str, **values: str) -> str:
@@ -53,12 +57,22 @@ def taking_now(med: MedicationFact, today: date) -> bool:
     return (med.current or med.status is None) and (med.ended is None or med.ended >= today)
 
 
-def glucocorticoid_exposure(facts: PatientFacts, med: MedicationFact, trigger: Trigger,
-                            rules: Rules) -> Exposure | None:
-    """The glucocorticoid at or above the daily limit for longer than the duration limit so far,
-    or None when it is not, or when the dose, the start or the duration cannot be read."""
+@dataclass(frozen=True)
+class Course:
+    """One glucocorticoid record at or above the daily limit: the days it covers."""
+
+    med: MedicationFact
+    start: date
+    stop: date              # today, the statement's end or the end of the days it gives
+    per_day: float          # mg/day prednisone-equivalent
+    own_mg: float           # mg/day of the drug itself
+
+
+def _course(facts: PatientFacts, med: MedicationFact, trigger: Trigger, rules: Rules) -> Course | None:
+    """The record as a course at or above the daily limit, or None when it is below it or its
+    dose, start or length cannot be read (no guess)."""
     b = trigger.protection
-    if b.min_days is None or med.started is None or med.started > facts.as_of:
+    if med.started is None or med.started > facts.as_of:
         return None
     dosed = glucocorticoid_dose(med.plan, med.drug, med.codes, b, rules.orders)
     if dosed is None or med.plan is None or med.drug is None:
@@ -67,22 +81,47 @@ def glucocorticoid_exposure(facts: PatientFacts, med: MedicationFact, trigger: T
     planned = med.plan.days_at_least(limit)
     if planned is None and any(p.per_day < limit for p in med.plan.phases):
         return None   # a lower phase with no stated length: the days at the dose are unknown
-    end = min(facts.as_of, med.ended) if med.ended is not None else facts.as_of
-    so_far = (end - med.started).days
-    days = so_far if planned is None else min(so_far, int(planned))
-    if not b.min_days.interval.contains_point(days):
+    stops = [facts.as_of] + ([med.ended] if med.ended is not None else [])
+    if planned is not None:
+        stops.append(med.started + timedelta(days=int(planned)))
+    elif med.ended is None and not taking_now(med, facts.as_of):
+        return None   # a finished course whose length is not stated: its days are unknown
+    stop = min(stops)
+    if stop < med.started:
         return None
-    return Exposure(med, per_day, per_day / b.prednisone_equivalent[med.drug], days)
+    return Course(med, med.started, stop, per_day, per_day / b.prednisone_equivalent[med.drug])
+
+
+def glucocorticoid_exposure(facts: PatientFacts, trigger: Trigger, rules: Rules) -> Exposure | None:
+    """A glucocorticoid the patient may be taking now at or above the daily limit, for longer
+    than the duration limit so far: its own days, joined with the earlier qualifying records it
+    continues (refills: each one starting within the refill gap of the one before ends)."""
+    b = trigger.protection
+    if b.min_days is None:
+        return None
+    courses = [c for m in facts.medications.get(trigger.drug_class, ())
+               if (c := _course(facts, m, trigger, rules)) is not None]
+    gap = rules.medication_risk.refill_gap_days
+    for cur in sorted((c for c in courses if taking_now(c.med, facts.as_of)),
+                      key=lambda c: c.start, reverse=True):
+        start, joined = cur.start, True
+        while joined:
+            joined = False
+            for c in courses:
+                if c.start < start and (start - c.stop).days <= gap:
+                    start, joined = c.start, True
+        days = (cur.stop - start).days
+        if b.min_days.interval.contains_point(days):
+            return Exposure(cur.med, cur.per_day, cur.own_mg, days, start)
+    return None
 
 
 def _exposure(facts: PatientFacts, trigger: Trigger, rules: Rules) -> Exposure | None:
+    if trigger.dosed:
+        return glucocorticoid_exposure(facts, trigger, rules)
     meds = sorted((m for m in facts.medications.get(trigger.drug_class, ()) if taking_now(m, facts.as_of)),
                   key=lambda m: (m.started or m.authored or date.min), reverse=True)
-    for med in meds:
-        found = glucocorticoid_exposure(facts, med, trigger, rules) if trigger.dosed else Exposure(med)
-        if found is not None:
-            return found
-    return None
+    return Exposure(meds[0]) if meds else None
 
 
 def covered(findings: Iterable[Finding], mr: MedicationRiskRules) -> bool:
@@ -113,7 +152,7 @@ def evaluate_medication_risk(facts: PatientFacts, rules: Rules) -> Finding | Non
 def _finding(facts: PatientFacts, rules: Rules, trigger: Trigger, e: Exposure,
              last: date | None) -> Finding:
     mr, b, v = rules.medication_risk, trigger.protection, rules.medication_risk.values
-    start = e.med.started or e.med.authored
+    start = e.since or e.med.started or e.med.authored
     since = start.isoformat() if start else v["no_date"]
     last_dxa = last.isoformat() if last else v["no_dxa"]
     dose = None

@@ -49,6 +49,7 @@ class MedicationRiskRules:
     dxa_kinds: tuple[str, ...]
     dxa_within_days: int
     dxa_citation: Criterion
+    refill_gap_days: int
     not_with: tuple[str, ...]
     replaces: tuple[str, ...]
     values: Mapping[str, str]
@@ -77,6 +78,7 @@ class MedicationRiskFileSchema(Strict):
     finding = fields.String(required=True, validate=validate.Equal(Code.BONE_RISK_MEDICATION))
     triggers = fields.List(fields.Nested(_Trigger), required=True, validate=validate.Length(min=1))
     no_dxa = fields.Nested(_NoDxa, required=True)
+    refill_gap_days = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=30))
     not_with = fields.List(fields.String(validate=validate.OneOf(PATIENT_VIEW_FINDINGS)), required=True)
     replaces = fields.List(fields.String(validate=validate.OneOf(PATIENT_VIEW_FINDINGS)), required=True)
     values = fields.Dict(keys=fields.String(validate=validate.OneOf(list(VALUE_FIELDS))),
@@ -107,5 +109,6 @@ def load_medication_risk(rules_dir: Path, orders: OrderRules) -> MedicationRiskR
     no_dxa = d["no_dxa"]
     return MedicationRiskRules(
         triggers=tuple(triggers), dxa_kinds=tuple(no_dxa["kinds"]), dxa_within_days=no_dxa["within_days"],
-        dxa_citation=Criterion.of(Interval(), no_dxa["citation"]), not_with=tuple(d["not_with"]),
+        dxa_citation=Criterion.of(Interval(), no_dxa["citation"]),
+        refill_gap_days=d["refill_gap_days"], not_with=tuple(d["not_with"]),
         replaces=tuple(d["replaces"]), values=dict(d["values"]))

@@ -294,3 +294,45 @@ def test_osteoporosis_therapy_on_record_is_noted():
     c = card(request(concept(ANASTROZOLE), 30), alendronate)
     assert "Osteoporosis therapy is on record." in c["detail"]
     assert "Offer a bisphosphonate or denosumab" not in c["detail"]
+
+
+def supply(days: int) -> dict[str, Any]:
+    return {"expectedSupplyDuration": {"value": days, "unit": "d", "system": UCUM, "code": "d"}}
+
+
+def refill(i: int, authored_days_ago: int, status: str = "completed", mg: float = 5) -> dict[str, Any]:
+    """A 30-day prednisone prescription (ACR 2022 counts the days on treatment, however they
+    are prescribed)."""
+    return {**request(concept(text="prednisone"), authored_days_ago, status, dosage=daily(mg),
+                      dispenseRequest=supply(30)), "id": f"mr-refill-{i}"}
+
+
+# (case, [(authored days ago, status, mg/day)], card?, first day counted) - monthly refills
+# joined into one course when each starts within the refill gap (7 days, service policy) of the
+# end of the one before
+REFILL_TABLE = [
+    ("seven monthly refills, the last one active: 200 days", [(200, "completed", 5), (170, "completed", 5),
+     (140, "completed", 5), (110, "completed", 5), (80, "completed", 5), (50, "completed", 5),
+     (20, "active", 5)], True, 200),
+    ("the same refills with no active one: no current course", [(200, "completed", 5), (170, "completed", 5),
+     (140, "completed", 5), (110, "completed", 5)], False, None),
+    ("active 30 days, one earlier month 7 days apart: 67 days", [(67, "completed", 5), (30, "active", 5)],
+     False, None),
+    ("three months joined with a 7-day gap each: 100 days", [(100, "completed", 5), (63, "completed", 5),
+     (26, "active", 5)], True, 100),
+    ("an 8-day gap breaks the course: 26 days", [(101, "completed", 5), (63, "completed", 5), (25, "active", 5)],
+     False, None),
+    ("an earlier course below 2.5 mg/day does not count", [(200, "completed", 2), (170, "completed", 2),
+     (140, "completed", 2), (110, "completed", 2), (80, "completed", 2), (50, "completed", 2),
+     (20, "active", 5)], False, None),
+]
+
+
+@pytest.mark.parametrize("case,records,expected,first", REFILL_TABLE, ids=[row[0] for row in REFILL_TABLE])
+def test_refills_are_one_course(case, records, expected, first):
+    found = [f for f in run(*(refill(i, d, s, mg) for i, (d, s, mg) in enumerate(records)))
+             if f.code == "bone-risk-medication"]
+    assert bool(found) is expected, case
+    if expected:
+        assert found[0].variables.since == ago(first)
+        assert found[0].variables.days == first
