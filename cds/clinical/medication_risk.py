@@ -136,10 +136,13 @@ def covered(findings: Iterable[Finding], mr: MedicationRiskRules) -> bool:
 
 def evaluate_medication_risk(facts: PatientFacts, rules: Rules) -> Finding | None:
     mr = rules.medication_risk
+    # a DXA report (rules/bone.yaml dxa_reports) is a DXA done, whether its results can be read or not
+    reports = [r.day for r in facts.reports if r.category in rules.bone.dxa_reports]
     if any(m.day > facts.as_of for k in mr.dxa_kinds for m in facts.all(k)) or \
-            any(d > facts.as_of for k, d in facts.unusable_latest.items() if k in mr.dxa_kinds):
+            any(d > facts.as_of for k, d in facts.unusable_latest.items() if k in mr.dxa_kinds) or \
+            any(d > facts.as_of for d in reports):
         return None   # a DXA dated after today is the newest one: not read, no guess
-    last = last_result_day(facts, mr.dxa_kinds)
+    last = max([d for d in (last_result_day(facts, mr.dxa_kinds),) if d is not None] + reports, default=None)
     if last is not None and (facts.as_of - last).days < mr.dxa_within_days:
         return None   # a DXA in the last two years: nothing to do
     for trigger in mr.triggers:

@@ -336,3 +336,21 @@ def test_refills_are_one_course(case, records, expected, first):
     if expected:
         assert found[0].variables.since == ago(first)
         assert found[0].variables.days == first
+
+
+def dxa_report(days_ago: int) -> dict[str, Any]:
+    """A DXA report with no readable results (FHIR R4 core example diagnosticreport-example-dxa:
+    LOINC 38269-7, a conclusion and no coded results): still a DXA done."""
+    return {"resourceType": "DiagnosticReport", "id": f"dxa-report-{days_ago}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "38269-7"}]},
+            "subject": {"reference": f"Patient/{PID}"}, "effectiveDateTime": ago(days_ago),
+            "conclusion": "Bone density report (text only)"}
+
+
+@pytest.mark.parametrize("case,report_days,expected", [
+    ("DXA report 1 year ago, results not readable: a DXA was done", 365, False),
+    ("DXA report 3 years ago: reassess", 1095, True),
+])
+def test_a_dxa_report_is_a_dxa_done(case, report_days, expected):
+    gc = request(concept(ANASTROZOLE), 30)
+    assert ("bone-risk-medication" in codes(gc, dxa_report(report_days))) is expected, case
