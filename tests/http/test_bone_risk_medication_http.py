@@ -51,7 +51,8 @@ def call(server, statements=(), requests_=(), observations=()) -> list[dict[str,
                                      "birthDate": "1971-05-06"},
                          "observations": searchset(*observations), "conditions": searchset(),
                          "medications": searchset(*requests_),
-                         "medicationStatements": searchset(*statements)}}
+                         "medicationStatements": searchset(*statements),
+                         "diagnosticReports": searchset()}}
     r = requests.post(f"{server.base_url}/cds-services/bone-muscle-health", json=body, timeout=20)
     assert r.status_code == 200, r.text
     return r.json()["cards"]
