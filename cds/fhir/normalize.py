@@ -473,6 +473,18 @@ def parse_datetime(value: Any) -> datetime | None:
     m = _DATETIME.match(value)
     if not m:
         return None
+    if m.group(6) is not None:   # a full date and time to the second: the C parser, same result
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return _datetime_of(m)
+        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+                ).astimezone(timezone.utc)
+    return _datetime_of(m)
+
+
+def _datetime_of(m: re.Match[str]) -> datetime | None:
+    """parse_datetime from the regex groups (partial dates, and what fromisoformat refuses)."""
     year, month, day, hh, mm, ss, frac, tz = m.groups()
     try:
         dt = datetime(int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0),

@@ -189,3 +189,27 @@ def test_a_typical_observation_never_reaches_the_models(monkeypatch):
     o = obs(VITD, 15, "ng/mL")
     o["code"]["coding"][0]["display"] = "25-OH vitamin D"
     assert normalize([o], PID, TERM, AS_OF).latest("vitamin-d-25oh").value == 15
+
+
+# --------------------------------------------------------------------------- dates
+def two(lo: int, hi: int) -> Any:
+    return st.integers(lo, hi).map(lambda n: f"{n:02d}")
+
+
+date_times = st.builds(
+    lambda y, mo, d, h, mi, s, frac, tz, tail: f"{y}-{mo}-{d}T{h}:{mi}:{s}{frac}{tz}{tail}",
+    st.sampled_from(["2026", "1950", "0000", "0001", "9999", "\u0662\u0660\u0662\u0666"]),
+    two(0, 13), two(0, 32), two(0, 25), two(0, 61), two(0, 61),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=9).map(lambda f: "." + f)),
+    st.one_of(st.sampled_from(["", "Z"]), st.builds(lambda sign, h, m: f"{sign}{h}:{m}",
+                                                    st.sampled_from("+-"), two(0, 25), two(0, 99))),
+    st.sampled_from(["", "", "", "\n"]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(value=date_times)
+def test_parse_datetime_fast_path_gives_what_the_regex_path_gives(value):
+    m = norm._DATETIME.match(value)
+    slow = norm._datetime_of(m) if m else None
+    fast = norm.parse_datetime(value)
+    assert fast == slow and (fast is None or fast.utcoffset() == slow.utcoffset()), value
