@@ -227,7 +227,8 @@ def bmd_loss(facts: PatientFacts, rules: Rules) -> Finding | None:
 
 def _latest_two_scans(values: list[Measurement]) -> tuple[Measurement, Measurement] | None:
     """The latest and the previous scan day's BMD (``values`` newest first, one site and side);
-    None when there is no earlier day, or either day's results disagree or were sent as a range."""
+    None when there is no earlier day, either day's results disagree or were sent as a range, or
+    the two scans name different devices (Observation.device)."""
     days: dict[date, list[Measurement]] = {}
     for m in values:
         days.setdefault(m.day, []).append(m)
@@ -239,6 +240,9 @@ def _latest_two_scans(values: list[Measurement]) -> tuple[Measurement, Measureme
         if any(m.comparator for m in same_day) or len({m.value for m in same_day}) > 1:
             return None
         picked.append(same_day[0])
+    devices = {m.device for m in picked}
+    if None not in devices and len(devices) > 1:
+        return None   # two devices named: no comparison without cross-calibration (ISCD)
     return picked[0], picked[1]
 
 

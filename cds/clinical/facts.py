@@ -37,6 +37,7 @@ class Measurement:
     # DXA radius only: the words the result names its forearm region with (code.text, bodySite),
     # lower case; None when it states none (rules/bone.yaml forearm decides what they mean)
     region_text: str | None = None
+    device: str | None = None      # Observation.device (reference or display), when sent
 
     @property
     def day(self) -> date:

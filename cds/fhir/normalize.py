@@ -603,7 +603,11 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     for meaning, holder, label in meanings:
         try:
             m = _measurement(term, meaning, holder, when, rid)
-            out.append(m if m.site != "radius" else replace(m, region_text=_region_text(res)))
+            if m.site == "radius":
+                m = replace(m, region_text=_region_text(res))
+            if res.get("device") is not None:
+                m = replace(m, device=_device(res["device"]))
+            out.append(m)
         except _Drop as why:
             reasons.append(f"{label}{why}")
             failed.append(meaning.kind)
@@ -709,9 +713,17 @@ def _region_text(res: Mapping[str, Any]) -> str | None:
     if isinstance(code, Mapping) and _text(code.get("text")):
         words.append(code["text"])
     site = res.get("bodySite")
+    if site is not None:
+        _validated(CodeableConcept, site, "bodySite")   # read here: validated here
     if isinstance(site, Mapping):
         words.extend(t for t in [_text(site.get("text"))] + [_text(c.get("display")) for c in _codings(site)] if t)
     return " | ".join(words).lower()[:200] or None
+
+
+def _device(ref: Any) -> str | None:
+    """Which device made the measurement (Observation.device: its reference, else its display)."""
+    _validated(Reference, ref, "device")
+    return _text(ref.get("reference")) or _text(ref.get("display")) if isinstance(ref, Mapping) else None
 
 
 def _quantity(holder: Mapping[str, Any], kind: str) -> tuple[Mapping[str, Any], float, str | None]:

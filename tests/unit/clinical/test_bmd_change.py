@@ -123,6 +123,33 @@ def test_no_comparison_without_two_clean_scans(rules, resources):
     assert losses(rules, *resources)[0] == []
 
 
+def with_device(res, reference=None, display=None):
+    res = dict(res)
+    res["device"] = {k: v for k, v in (("reference", reference), ("display", display)) if v}
+    return res
+
+
+@pytest.mark.parametrize("old_device,new_device,compared", [
+    ({"reference": "Device/dxa-1"}, {"reference": "Device/dxa-1"}, True),     # the same device
+    ({"reference": "Device/dxa-1"}, {"reference": "Device/dxa-2"}, False),    # two devices: not compared
+    ({"display": "Hologic Horizon A"}, {"display": "GE Lunar iDXA"}, False),
+    ({"reference": "Device/dxa-1"}, None, True),                              # one not named: compared
+])
+def test_scans_of_two_named_devices_are_not_compared(rules, old_device, new_device, compared):
+    old, new = bmd(HIP, 1.000, 760), bmd(HIP, 0.900, 30)
+    if old_device:
+        old = with_device(old, **old_device)
+    if new_device:
+        new = with_device(new, **new_device)
+    assert bool(losses(rules, old, new)[0]) is compared
+
+
+def test_an_invalid_device_drops_the_result_it_is_on(rules):
+    bad = dict(bmd(HIP, 0.900, 30), device={"reference": 42})
+    found, facts = losses(rules, bmd(HIP, 1.000, 760), bad)
+    assert found == [] and any("device" in e for e in facts.excluded)
+
+
 def test_identical_same_day_duplicates_count_once(rules):
     found, _ = losses(rules, bmd(HIP, 1.000, 760, rid="a"), bmd(HIP, 0.900, 30, rid="b"), bmd(HIP, 0.900, 30, rid="c"))
     assert len(found) == 1 and found[0].variables.previous.value == 1.000

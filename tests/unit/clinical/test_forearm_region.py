@@ -96,3 +96,10 @@ def test_card_says_the_region_was_not_stated(rules):
     assert len(card["detail"]) <= 600
     (stated,), facts = bone(rules, score(RADIUS_T, -2.8, "Radius 33%"))
     assert "names no region" not in build_card(stated, facts, rules)["detail"]
+
+
+def test_an_invalid_body_site_is_not_read_as_no_region(rules):
+    # bodySite is read for the region, so it is validated: an invalid one drops the result
+    # (never "no region stated, read as 33 %")
+    found, facts = bone(rules, score(RADIUS_T, -2.8, body_site={"text": 5}))
+    assert found == [] and any("bodySite" in e for e in facts.excluded)
