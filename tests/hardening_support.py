@@ -150,6 +150,8 @@ class Load:
         self.headers_for = headers_for
         self.timeout = timeout
         self.outcomes: list[Outcome] = []
+        #: (seconds into the call, status, body) of every odd feedback answer, to say why
+        self.odd: list[tuple[float, int, str]] = []
         self._stop = False
         self._threads: list[Any] = []
 
@@ -198,16 +200,24 @@ class Load:
                                      headers=self.headers_for(self.feedback_url),
                                      timeout=self.timeout)
                     out.transient_ok = out.transient_ok and self._transient_ok(f)
-                    if f.status_code == 503 and self._transient_ok(f) and not self._stop:
+                    if f.status_code == 503 and self._transient_ok(f):
                         # As an EHR does: a 503 with Retry-After is answered by one retry after
                         # that pause (a card issued just after an outage may still be queued in
-                        # the issuing worker's writer); the retry's answer is the outcome.
+                        # the issuing worker's writer); the retry's answer is the outcome, also
+                        # when the load is stopping meanwhile. A new connection: the pause
+                        # outlasts the server's keep-alive, and a POST on a connection the
+                        # server is closing fails on the client side.
                         time.sleep(min(int(f.headers["Retry-After"]), 5))
+                        session.close()
+                        session = requests.Session()
                         f = session.post(self.feedback_url, json={"feedback": [item]},
                                          headers=self.headers_for(self.feedback_url),
                                          timeout=self.timeout)
                         out.transient_ok = out.transient_ok and self._transient_ok(f)
                     out.feedback = f.status_code
+                    if f.status_code != 200:
+                        self.odd.append((round(time.monotonic(), 2), f.status_code,
+                                         f.text[:200]))
                 except requests.RequestException as exc:
                     out.feedback = exc.__class__.__name__
             self.outcomes.append(out)

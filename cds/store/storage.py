@@ -71,9 +71,13 @@ COMMENT_ONLY = "(comment only)"
 #: time is shared by the workers (``SharedClock``): the worker that answers the feedback
 #: may never have met the outage itself.
 UNKNOWN_CARD_GRACE_SECONDS = 30.0
-#: How long feedback waits for a card that is not on file yet (another worker's writer may
-#: hold it for a few milliseconds; under load, a few hundred).
-ISSUED_WAIT_SECONDS = 0.5
+#: How long feedback waits for a card not on file yet: any such card for up to
+#: ISSUED_WAIT_MIN_SECONDS (another worker's writer may hold it for a few milliseconds; under
+#: load, a few hundred), and one that some worker's queue still holds (``writer.queued``) for
+#: up to ISSUED_WAIT_SECONDS (seconds when the database is slow or just restarted). Past
+#: that, a card still held is a 503 (retry), one no worker holds is unknown.
+ISSUED_WAIT_MIN_SECONDS = 0.5
+ISSUED_WAIT_SECONDS = 5.0
 
 
 class DatabaseUnavailable(ConfigError):
@@ -409,26 +413,33 @@ class SqlStore:
 
     # ------------------------------------------------------------- feedback
     def _await_issued(self, cards: list[str]) -> None:
-        """Wait briefly (at most ``ISSUED_WAIT_SECONDS``) for cards not on file yet.
+        """Wait for cards not on file yet: any for ``ISSUED_WAIT_MIN_SECONDS``, those some
+        worker's queue still holds (``writer.queued``, shared by the workers) for up to
+        ``ISSUED_WAIT_SECONDS``.
 
         With several workers, a card issued by one may still sit in that worker's writer
-        queue when its feedback reaches another worker (a new connection); refused then,
-        prompt feedback would be a 400 "unknown card". Read transactions only (no write
-        lock is held, so the other worker's writer can commit meanwhile)."""
+        queue when its feedback reaches another worker; refused then, prompt feedback would be
+        "unknown card". Read transactions only (no write lock is held, so the other worker's
+        writer can commit)."""
         if self.writer is None or not cards:
             return
-        deadline = monotonic() + ISSUED_WAIT_SECONDS
-        while True:
-            waiting = set(cards) - set(self.writer.pending(cards))
-            if not waiting:
-                return
+        started = monotonic()
+        waiting = set(cards) - set(self.writer.pending(cards))
+        while waiting:
+            # Asked before the database is read: a record committed after this answer is
+            # on file when the database is read below.
+            queued = {c for c in waiting if self.writer.queued.maybe_queued(c)}
             with self._read() as conn:
                 on_file = {row.card_uuid for chunk in _chunks(sorted(waiting), 500)
                            for row in conn.execute(select(issued_cards.c.card_uuid)
                                                    .where(issued_cards.c.card_uuid.in_(chunk)))}
-            if waiting <= on_file or monotonic() >= deadline:
+            waiting -= on_file
+            elapsed = monotonic() - started
+            if elapsed >= ISSUED_WAIT_MIN_SECONDS:
+                waiting &= queued
+            if not waiting or elapsed >= ISSUED_WAIT_SECONDS:
                 return
-            sleep(0.05)
+            sleep(0.02 if queued else 0.05)
 
     def record_feedback(self, service_id: str, payload: Any,
                         owner: Owner | None = None) -> "FeedbackCounts":
@@ -441,8 +452,13 @@ class SqlStore:
         items = wire.load_feedback(payload)
         self._await_issued(sorted({str(item["card"]) for item in items}))
         now = utcnow()
+        wanted = sorted({str(item["card"]) for item in items})
+        # This process's queued records, asked BEFORE the database is read: a record the
+        # writer commits between the two is then in one or the other. (Asked after, it could
+        # be in neither: the read before its commit, the queue after, and its feedback
+        # refused as an unknown card.)
+        queued_before = self.writer.pending(wanted) if self.writer else {}
         with self._write() as conn:
-            wanted = sorted({str(item["card"]) for item in items})
             known: dict[str, Any] = {}
             for chunk in _chunks(wanted, 500):
                 for row in conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.service_id,
@@ -455,7 +471,7 @@ class SqlStore:
             # process is written here, in this transaction, so its feedback can refer to it
             # (and, like a record on file, it is known only to the client it was issued to).
             missing = [w for w in wanted if w not in known]
-            queued = self.writer.pending(missing) if (missing and self.writer) else {}
+            queued = {k: queued_before[k] for k in missing if k in queued_before}
             if queued:
                 conn.execute(_insert_ignore(conn, issued_cards, "card_uuid"), list(queued.values()))
                 for card_id, record in queued.items():
@@ -506,11 +522,16 @@ class SqlStore:
                     "outcome_timestamp": item["outcomeTimestamp"], "received_at": now,
                     "unknown_card": card is None,
                 })
-            if unknown and self.recently_unavailable():
-                # Right after an outage the record may still be in another worker's queue.
+            writer = self.writer
+            still_queued = writer is not None and any(
+                writer.queued.maybe_queued(str(item["card"])) for item in items
+                if str(item["card"]) not in known)
+            if unknown and (still_queued or self.recently_unavailable()):
+                # Its record is still queued in another worker (or, right after an outage,
+                # may have been): not unknown yet.
                 raise StorageUnavailable(Issue(
-                    "The card record may still be being written after a database outage; "
-                    "retry shortly.", code="transient"), retry_after=2)
+                    "The card record is still being written; retry shortly.",
+                    code="transient"), retry_after=2)
             if issues:  # rolls the transaction back: nothing is stored
                 raise BadRequest(sorted(issues + unknown_issues, key=_by_item))
             if unknown_issues:

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from typing import Any, Callable, Iterable, Mapping
 
 log = logging.getLogger("mskcds.storage")
@@ -52,6 +53,20 @@ IDLE_EXIT = 30.0
 DROP_LOG_EVERY = 10.0
 
 _writers: "weakref.WeakSet[IssuedCardWriter]" = weakref.WeakSet()
+#: Held while a writer replaces a queue it inherited across fork.
+_FORK_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Every writer starts an empty queue in a new process, before any request thread runs
+    (gunicorn forks its workers from the process that built the store)."""
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+    for writer in list(_writers):
+        writer._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def flush_all(timeout: float = 5.0) -> None:
@@ -84,6 +99,41 @@ class SharedClock:
         return last > 0.0 and time.monotonic() - last < seconds
 
 
+class SharedQueued:
+    """Which card records some worker still holds in its queue, as a counting filter in shared
+    memory: one counter per slot, a card's slot from its uuid. Made before gunicorn forks
+    (``--preload``), so every worker sees every worker's queue: feedback on a card another
+    worker has not written yet waits for it (or is told to retry) instead of being refused as
+    unknown, and a card no worker holds is known to be unknown at once. A slot shared with
+    another queued card only makes feedback wait (a false "maybe queued", never a false
+    "not queued"); the chance is the number queued / ``SLOTS``."""
+
+    SLOTS = 1 << 16
+
+    def __init__(self) -> None:
+        try:
+            self._counts: Any = multiprocessing.RawArray(ctypes.c_uint32, self.SLOTS)
+            self._lock: Any = multiprocessing.Lock()
+        except OSError:  # pragma: no cover - no /dev/shm: this process's queue only
+            self._counts = [0] * self.SLOTS
+            self._lock = threading.Lock()
+
+    @classmethod
+    def slot(cls, card_uuid: str) -> int:
+        return zlib.crc32(card_uuid.encode()) & (cls.SLOTS - 1)
+
+    def add(self, card_uuids: Iterable[str], step: int) -> None:
+        slots = [self.slot(u) for u in card_uuids]
+        if not slots:
+            return
+        with self._lock:
+            for i in slots:
+                self._counts[i] = max(0, self._counts[i] + step)
+
+    def maybe_queued(self, card_uuid: str) -> bool:
+        return self._counts[self.slot(card_uuid)] > 0
+
+
 class Unavailable(Exception):
     """Raised by the write function when the database cannot be reached (retry later)."""
 
@@ -94,11 +144,13 @@ class IssuedCardWriter:
         self._write = write
         self.capacity = capacity
         self._transient = transient
+        #: every worker's queued cards (made once, before any fork; never reset)
+        self.queued = SharedQueued()
         self._reset()
         _writers.add(self)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        # _pid is set last: a thread that sees this process's pid sees the new queue too
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, dict[str, Any]] = {}   # card_uuid -> row, in issue order
         self._inflight: dict[str, dict[str, Any]] = {}  # taken by the thread, not yet committed
@@ -111,12 +163,21 @@ class IssuedCardWriter:
         self._dropped_unlogged = 0
         self._last_drop_log = 0.0
         self.outage_since: float | None = None   # monotonic time of the first failed write
+        self._pid = os.getpid()
+
+    def _ensure_own(self) -> None:
+        """A queue inherited across fork is not ours: start an empty one, once, even when
+        several request threads ask at the same moment (without the lock, two threads each
+        replaced the queue and a record queued between the two was lost without a trace)."""
+        if os.getpid() != self._pid:
+            with _FORK_LOCK:
+                if os.getpid() != self._pid:
+                    self._reset()
 
     # ------------------------------------------------------------- request side
     def submit(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Queue ``rows``; returns how many were taken (the rest are dropped and counted)."""
-        if os.getpid() != self._pid:
-            self._reset()   # inherited across fork: the parent's queue is not ours
+        self._ensure_own()
         taken = 0
         with self._cond:
             was_empty = not self._pending
@@ -125,6 +186,8 @@ class IssuedCardWriter:
                     self.dropped += 1
                     self._dropped_unlogged += 1
                     continue
+                if row["card_uuid"] not in self._pending:
+                    self.queued.add((row["card_uuid"],), +1)
                 self._pending[row["card_uuid"]] = dict(row)
                 taken += 1
             if self._thread is None:
@@ -203,6 +266,7 @@ class IssuedCardWriter:
                         delay = min(delay * 2, RETRY_MAX)
                         continue
                     self.dropped += len(batch)
+                    self.queued.add(batch, -1)
                     log.error("issued-card records not written", extra={"fields": {
                         "cards": len(batch), "error": exc.__class__.__name__}})
                     self._cond.notify_all()
@@ -219,6 +283,7 @@ class IssuedCardWriter:
                 for k in batch:
                     self._inflight.pop(k, None)
                 self.written += len(batch)
+                self.queued.add(batch, -1)   # committed first: a reader then finds it on file
                 self._cond.notify_all()
 
     # ------------------------------------------------------------- shutdown
@@ -254,6 +319,8 @@ class IssuedCardWriter:
             left = len(self._pending) + len(self._inflight)
             thread = self._thread
         if not done and left:
+            with self._cond:   # never to be written by this process: no longer queued
+                self.queued.add([*self._pending, *self._inflight], -1)
             try:
                 log.error("issued-card records not written at exit",
                           extra={"fields": {"cards": left}})

@@ -193,3 +193,97 @@ def test_an_outage_one_worker_met_is_known_to_every_worker_forked_after_the_stor
     child.join(10)
     assert child.exitcode == 0
     assert clock.within(30) and not clock.within(0)
+
+
+def _child_queues(store, card, submitted, release, hold: float) -> None:
+    """Another worker: queues the card's record, holds its write until ``release`` (or ``hold``
+    seconds), then writes it."""
+    real = store._insert_issued
+
+    def held(rows):
+        release.wait(hold)
+        real(rows)
+    store.writer._write = held
+    store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+    submitted.set()
+    store.writer.flush(hold + 10)
+
+
+@pytest.mark.slow  # forks a process
+def test_feedback_waits_for_a_card_another_worker_still_holds_and_an_unknown_card_is_404(
+        tmp_path):
+    import multiprocessing
+
+    from cds.store import storage as storage_mod
+
+    store = store_at(tmp_path)
+    store.ping()  # the tables exist before the fork
+    ctx = multiprocessing.get_context("fork")
+    card = make_card("osteoporosis", 1)
+    submitted, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_child_queues, args=(store, card, submitted, release, 30.0))
+    child.start()
+    try:
+        assert submitted.wait(10)
+        assert store.writer.queued.maybe_queued(card["uuid"])    # seen from this worker
+        started = time.monotonic()
+        with pytest.raises(NotFound):   # a card no worker holds: unknown after the short wait
+            store.record_feedback(SERVICE, feedback_on(make_card("osteoporosis", 0)))
+        assert time.monotonic() - started < storage_mod.ISSUED_WAIT_MIN_SECONDS + 0.5
+        threading.Timer(1.5, release.set).start()   # the other worker writes it in 1.5 s,
+        # past the short wait: only the shared queue view keeps the feedback waiting
+        assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
+    finally:
+        release.set()
+        child.join(20)
+    assert child.exitcode == 0
+    assert not store.writer.queued.maybe_queued(card["uuid"])
+
+
+@pytest.mark.slow  # forks a process
+def test_a_card_still_held_past_the_wait_is_a_503_to_retry_not_unknown(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from cds.store import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "ISSUED_WAIT_SECONDS", 0.3)
+    store = store_at(tmp_path)
+    store.ping()
+    ctx = multiprocessing.get_context("fork")
+    card = make_card("osteoporosis", 1)
+    submitted, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_child_queues, args=(store, card, submitted, release, 30.0))
+    child.start()
+    try:
+        assert submitted.wait(10)
+        with pytest.raises(StorageUnavailable) as err:
+            store.record_feedback(SERVICE, feedback_on(card))
+        assert err.value.headers.get("Retry-After")
+    finally:
+        release.set()
+        child.join(20)
+    assert child.exitcode == 0
+    assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1   # written: now known
+
+
+def test_a_record_the_writer_commits_while_feedback_reads_it_is_not_lost(tmp_path):
+    """The writer may commit a record at any moment during a feedback request: between the
+    request's look at this process's queue and its read of the database. Looked up in that
+    order it is found in one or the other; the other order found it in neither (seen as
+    404s under load: the record was on file moments later)."""
+    store = store_at(tmp_path)
+    release = gate(store)
+    card = make_card("osteoporosis", 1)
+    assert store.queue_issued(SERVICE, "patient-view", str(uuid.uuid4()), [card])
+    real_pending = store.writer.pending
+    calls = []
+
+    def pending_with_a_commit_on_the_second_look(ids):
+        calls.append(list(ids))
+        if len(calls) == 2:   # the writer commits just now
+            release.set()
+            assert store.writer.flush(10)
+        return real_pending(ids)
+    store.writer.pending = pending_with_a_commit_on_the_second_look
+    assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
+    assert len(calls) >= 2
