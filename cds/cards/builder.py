@@ -91,24 +91,21 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
 
 
-_ONE_DECIMAL = frozenset({"t-score", "z-score", "t-score-peripheral"})
-_THREE_DECIMALS = frozenset({"bmd"})   # DXA reports BMD in g/cm² to three decimals
+#: Fixed decimals by kind, as clinicians write them: scores with one (-3.0, not -3), BMD with
+#: three (0.812: DXA reports BMD in g/cm² so); any other kind up to two, no trailing zeros.
+_FIXED_DECIMALS = {"t-score": 1, "z-score": 1, "t-score-peripheral": 1, "bmd": 3}
 
 
 def _number(kind: str, value: float) -> str:
-    """As clinicians write it: scores with one decimal (-3.0, not -3), BMD with three (0.812)."""
-    return f"{value:.1f}" if kind in _ONE_DECIMAL else \
-        f"{value:.3f}" if kind in _THREE_DECIMALS else fmt_number(value)
+    return fmt_on_side(value, None, fixed=_FIXED_DECIMALS.get(kind))
 
 
 def _value_text(m: Measurement, cut: Interval | None = None) -> str:
     """As clinicians write it (``_number``), with more decimals where rounding would move
-    the value across ``cut`` (the rule that classified it)."""
-    if m.comparator or cut is None:   # a value sent with a comparator is shown as sent
-        number = _number(m.kind, m.value)
-    else:
-        fixed = 1 if m.kind in _ONE_DECIMAL else 3 if m.kind in _THREE_DECIMALS else None
-        number = fmt_on_side(m.value, cut, fixed=fixed)
+    the value across ``cut`` (the rule that classified it); a value sent with a comparator
+    is shown as sent."""
+    number = fmt_on_side(m.value, None if m.comparator else cut,
+                         fixed=_FIXED_DECIMALS.get(m.kind))
     return f"{m.comparator or ''}{number}"
 
 
@@ -125,9 +122,7 @@ def _cuts(finding: Finding) -> dict[str, Interval]:
 def _mass_number(mv: MassValue) -> str:
     if mv.value is None:
         return ""
-    if mv.comparator:
-        return fmt_number(mv.value)
-    return fmt_on_side(mv.value, mv.criterion.interval)
+    return fmt_on_side(mv.value, None if mv.comparator else mv.criterion.interval)
 
 
 def _unit(rules: Rules, code: str) -> str:

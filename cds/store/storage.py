@@ -340,12 +340,12 @@ class SqlStore:
                     yield conn
         except ServiceError:
             raise
-        except (OperationalError, InterfaceError, DBAPIError) as exc:
+        except DBAPIError as exc:
             # A server that is down, restarting, or dropped the connection (psycopg's
             # InterfaceError on a closed connection; any DBAPI error SQLAlchemy marked as a
             # disconnect). Other DBAPI errors (a refused row) are not an outage.
-            if not isinstance(exc, (OperationalError, InterfaceError)) \
-                    and not exc.connection_invalidated:
+            if not (isinstance(exc, (OperationalError, InterfaceError))
+                    or exc.connection_invalidated):
                 raise
             self._unavailable_at.mark()
             log.error("feedback database unavailable: %s", exc.__class__.__name__,

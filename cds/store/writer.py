@@ -53,15 +53,13 @@ IDLE_EXIT = 30.0
 DROP_LOG_EVERY = 10.0
 
 _writers: "weakref.WeakSet[IssuedCardWriter]" = weakref.WeakSet()
-#: Held while a writer replaces a queue it inherited across fork.
-_FORK_LOCK = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     """Every writer starts an empty queue in a new process, before any request thread runs
-    (gunicorn forks its workers from the process that built the store)."""
-    global _FORK_LOCK
-    _FORK_LOCK = threading.Lock()
+    (gunicorn forks its workers from the process that built the store). Done lazily, by
+    the first request threads, two of them could each replace the queue and lose a record
+    queued between the two."""
     for writer in list(_writers):
         writer._reset()
 
@@ -165,19 +163,10 @@ class IssuedCardWriter:
         self.outage_since: float | None = None   # monotonic time of the first failed write
         self._pid = os.getpid()
 
-    def _ensure_own(self) -> None:
-        """A queue inherited across fork is not ours: start an empty one, once, even when
-        several request threads ask at the same moment (without the lock, two threads each
-        replaced the queue and a record queued between the two was lost without a trace)."""
-        if os.getpid() != self._pid:
-            with _FORK_LOCK:
-                if os.getpid() != self._pid:
-                    self._reset()
-
     # ------------------------------------------------------------- request side
     def submit(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Queue ``rows``; returns how many were taken (the rest are dropped and counted)."""
-        self._ensure_own()
+        """Queue ``rows``; returns how many were taken (the rest are dropped and counted).
+        A queue inherited across fork was replaced at the fork (``_after_fork_in_child``)."""
         taken = 0
         with self._cond:
             was_empty = not self._pending

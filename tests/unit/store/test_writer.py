@@ -5,6 +5,7 @@ an unreachable database (StorageUnavailable) for a while, then lets the real ins
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -209,22 +210,34 @@ def _child_queues(store, card, submitted, release, hold: float) -> None:
     store.writer.flush(hold + 10)
 
 
-@pytest.mark.slow  # forks a process
-def test_feedback_waits_for_a_card_another_worker_still_holds_and_an_unknown_card_is_404(
-        tmp_path):
+@contextlib.contextmanager
+def another_worker_holding(store, card, hold: float = 30.0):
+    """A forked worker that has queued ``card``'s record and holds its write until the
+    yielded event is set (or the block ends); it must then have written it and ended."""
     import multiprocessing
 
-    from cds.store import storage as storage_mod
-
-    store = store_at(tmp_path)
     store.ping()  # the tables exist before the fork
     ctx = multiprocessing.get_context("fork")
-    card = make_card("osteoporosis", 1)
     submitted, release = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=_child_queues, args=(store, card, submitted, release, 30.0))
+    child = ctx.Process(target=_child_queues, args=(store, card, submitted, release, hold))
     child.start()
     try:
         assert submitted.wait(10)
+        yield release
+    finally:
+        release.set()
+        child.join(20)
+    assert child.exitcode == 0
+
+
+@pytest.mark.slow  # forks a process
+def test_feedback_waits_for_a_card_another_worker_still_holds_and_an_unknown_card_is_404(
+        tmp_path):
+    from cds.store import storage as storage_mod
+
+    store = store_at(tmp_path)
+    card = make_card("osteoporosis", 1)
+    with another_worker_holding(store, card) as release:
         assert store.writer.queued.maybe_queued(card["uuid"])    # seen from this worker
         started = time.monotonic()
         with pytest.raises(NotFound):   # a card no worker holds: unknown after the short wait
@@ -233,36 +246,20 @@ def test_feedback_waits_for_a_card_another_worker_still_holds_and_an_unknown_car
         threading.Timer(1.5, release.set).start()   # the other worker writes it in 1.5 s,
         # past the short wait: only the shared queue view keeps the feedback waiting
         assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1
-    finally:
-        release.set()
-        child.join(20)
-    assert child.exitcode == 0
     assert not store.writer.queued.maybe_queued(card["uuid"])
 
 
 @pytest.mark.slow  # forks a process
 def test_a_card_still_held_past_the_wait_is_a_503_to_retry_not_unknown(tmp_path, monkeypatch):
-    import multiprocessing
-
     from cds.store import storage as storage_mod
 
     monkeypatch.setattr(storage_mod, "ISSUED_WAIT_SECONDS", 0.3)
     store = store_at(tmp_path)
-    store.ping()
-    ctx = multiprocessing.get_context("fork")
     card = make_card("osteoporosis", 1)
-    submitted, release = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=_child_queues, args=(store, card, submitted, release, 30.0))
-    child.start()
-    try:
-        assert submitted.wait(10)
+    with another_worker_holding(store, card):
         with pytest.raises(StorageUnavailable) as err:
             store.record_feedback(SERVICE, feedback_on(card))
         assert err.value.headers.get("Retry-After")
-    finally:
-        release.set()
-        child.join(20)
-    assert child.exitcode == 0
     assert store.record_feedback(SERVICE, feedback_on(card)).stored == 1   # written: now known
 
 
