@@ -119,7 +119,9 @@ class Config:
     fhir_read_timeout: float = 3.0
     fhir_total_budget: float = 4.0
     fhir_max_pages: int = 10
-    fhir_max_workers: int = 4
+    #: concurrent fetches per call: at least the patient-record service's prefetch keys (6),
+    #: so a call with no prefetch waits for one round trip, not two
+    fhir_max_workers: int = 8
     #: bytes read from the FHIR server per call, all keys and pages together (16 MiB)
     fhir_max_call_bytes: int = 16 * 1024 * 1024
     # _count asked of the FHIR server in fallback searches: 1,000 Observations in one page

@@ -450,3 +450,21 @@ def test_independent_fetches_run_concurrently(fhir, session):
     elapsed = time.monotonic() - started
     assert set(got.source) == set(TEMPLATES)
     assert elapsed < 4 * 0.6 * 0.75, elapsed  # four fetches, far less than four delays
+
+
+def test_default_settings_fetch_every_patient_record_key_in_one_round(fhir):
+    """With the shipped defaults, a patient-view call with no prefetch waits for one round
+    trip to the FHIR server, not two: every key of the real service is in flight at once."""
+    from cds.engine import Engine
+
+    config = Config.from_env({"require_auth": False}, environ={})
+    templates = Engine(config).service("bone-muscle-health").prefetch
+    assert len(templates) > 4   # more keys than the old default of 4 concurrent fetches
+    fhir.load(patient(), obs("o1"))
+    fhir.delay = 0.5
+    started = time.monotonic()
+    got = gather(templates, request({}, fhir.base_url), config=config)
+    elapsed = time.monotonic() - started
+    assert set(got.source) == set(templates) and set(got.source.values()) == {"fhir"}
+    assert len(fhir.asked()) == len(templates)
+    assert elapsed < 2 * 0.5, elapsed   # one delay (0.5 s) plus overhead; two rounds take 1 s
