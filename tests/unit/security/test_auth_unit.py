@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -362,3 +363,56 @@ def test_jwt_shaped_strings_are_redacted_from_log_lines():
         __import__("logging").LogRecord("mskcds.x", 30, __file__, 1, "got %s", (token,), None))
     assert token not in line and token.split(".")[1] not in line
     assert logs.REDACTED in line
+
+
+def _claim_many(url: str, keys: list[str], queue) -> None:
+    cache = SqlReplayCache(url)
+    won: list[str] = []
+    lock = threading.Lock()
+
+    def claim_all() -> None:
+        for key in keys:
+            if cache.claim(key, time.time() + 60):
+                with lock:
+                    won.append(key)
+    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    queue.put(won)
+
+
+@pytest.mark.slow  # starts processes
+def test_sqlite_claims_are_exactly_once_across_processes_and_threads(tmp_path):
+    """3 processes x 4 threads race for the same 150 tokens: each is accepted exactly once."""
+    url = f"sqlite:///{tmp_path / 'replay.sqlite3'}"
+    SqlReplayCache(url)   # the table, as start-up makes it
+    keys = [replay_key("iss", str(uuid.uuid4())) for _ in range(150)]
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_many, args=(url, keys, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    won = [key for _ in procs for key in queue.get(timeout=90)]
+    for p in procs:
+        p.join(30)
+    assert sorted(won) == sorted(keys)   # every token once, none twice
+
+
+def test_sqlite_cache_failing_under_the_service_is_a_replay_cache_error(tmp_path):
+    """A database error during a claim (here: the table is gone) is ReplayCacheError, which
+    the service answers with 503 + Retry-After, never a driver exception (a 500)."""
+    import sqlite3
+
+    path = tmp_path / "replay.sqlite3"
+    cache = SqlReplayCache(f"sqlite:///{path}")
+    assert cache.claim(replay_key("iss", "a"), time.time() + 60) is True
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE mskcds_jti")
+    with pytest.raises(ReplayCacheError, match="replay cache unavailable"):
+        cache.claim(replay_key("iss", "b"), time.time() + 60)
+    with sqlite3.connect(path) as conn:   # back: the next claim works on a fresh connection
+        conn.execute("CREATE TABLE mskcds_jti (key VARCHAR(64) PRIMARY KEY, "
+                     "expires_at FLOAT NOT NULL)")
+    assert cache.claim(replay_key("iss", "b"), time.time() + 60) is True
