@@ -176,9 +176,8 @@ class SqlReplayCache:
                 raise
             finally:
                 cur.close()
-        except sqlite3.Error as exc:
-            if not isinstance(exc, sqlite3.IntegrityError):
-                raw.invalidate()   # e.g. a file replaced or unreadable: never reuse it
+        except sqlite3.Error:
+            raw.invalidate()   # e.g. a file replaced or unreadable: never reuse it
             raise
         finally:
             raw.close()            # back to the pool (a no-op after invalidate)
