@@ -44,6 +44,25 @@ class Measurement:
         return self.when.date()
 
 
+def new_measurement(kind: str, value: float, unit: str, when: datetime, code: str, display: str,
+                    original_value: float, original_unit: str, site: str | None = None,
+                    laterality: str | None = None, comparator: str | None = None,
+                    resource_id: str | None = None, fraction: str | None = None,
+                    region_text: str | None = None, device: str | None = None) -> Measurement:
+    """``Measurement(...)`` at a third of the cost, for normalize (one per Observation): the
+    frozen dataclass's ``__init__`` sets each of its 15 fields through ``object.__setattr__``;
+    this fills the new instance's ``__dict__`` at once from its parameters, which are the
+    fields with their defaults (tests/unit/clinical/test_facts.py holds the two to each
+    other). The same object: fields, equality, hash, still frozen."""
+    values = locals()
+    m = _new_object(Measurement)
+    m.__dict__.update(values)
+    return m
+
+
+_new_object = object.__new__
+
+
 @dataclass(frozen=True)
 class ConditionFact:
     category: str             # value-set name, e.g. "fracture", "ckd-stage-4-5", "osteoporosis"
