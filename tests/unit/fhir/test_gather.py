@@ -468,3 +468,70 @@ def test_default_settings_fetch_every_patient_record_key_in_one_round(fhir):
     assert set(got.source) == set(templates) and set(got.source.values()) == {"fhir"}
     assert len(fhir.asked()) == len(templates)
     assert elapsed < 2 * 0.5, elapsed   # one delay (0.5 s) plus overhead; two rounds take 1 s
+
+
+# --------------------------------------------------------------------------- fetch threads
+def _fetch_threads() -> set[Any]:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name.startswith("mskcds-fhir")}
+
+
+def test_fetch_threads_are_reused_by_later_calls(fhir):
+    """A call takes idle fetch threads from the process's pool instead of starting its own:
+    after the first call, four more calls start no new thread."""
+    fhir.load(patient(), obs("o1"))
+    run(TEMPLATES, request({}, fhir.base_url), None)
+    first = _fetch_threads()
+    assert first
+    for _ in range(4):
+        got = run(TEMPLATES, request({}, fhir.base_url), None)
+        assert set(got.source.values()) == {"fhir"}
+    assert _fetch_threads() == first
+
+
+def test_a_call_runs_at_most_fhir_max_workers_fetches_at_once(fhir):
+    """Two at a time: four keys of 0.3 s each take two rounds, and every key is still answered."""
+    fhir.load(patient(), obs("o1"))
+    fhir.delay = 0.3
+    started = time.monotonic()
+    got = run(TEMPLATES, request({}, fhir.base_url), None, fhir_max_workers=2, fhir_total_budget=5.0)
+    assert time.monotonic() - started >= 2 * 0.3
+    assert set(got.source) == set(TEMPLATES) and set(got.source.values()) == {"fhir"}
+    assert len(fhir.asked()) == len(TEMPLATES)
+
+
+def test_keys_never_started_within_the_budget_are_named_unavailable(fhir):
+    """One fetch at a time, 0.4 s each, a 0.6 s budget: the first key arrives, the second is cut
+    off, the last two never start; the call fails naming all three, and nothing was asked of
+    the server for the keys that never started."""
+    fhir.load(patient(), obs("o1"))
+    fhir.delay = 0.4
+    with pytest.raises(PrefetchUnavailable) as err:
+        run(TEMPLATES, request({}, fhir.base_url), None, fhir_max_workers=1, fhir_total_budget=0.6)
+    assert len(err.value.keys) == len(TEMPLATES) - 1
+    assert all("time budget" in why or "in time" in why for why in err.value.keys.values())
+    assert len(fhir.asked()) == 2
+
+
+def test_a_forked_child_gets_its_own_fetch_threads(fhir):
+    import multiprocessing
+
+    from cds.fhir.gather import fetch_pool
+
+    parent_pool = fetch_pool(cfg())
+    fhir.load(patient(), obs("o1"))
+
+    def child(conn: Any) -> None:
+        pool = fetch_pool(cfg())
+        got = gather(TEMPLATES, request({}, fhir.base_url), config=cfg())
+        conn.send((pool is not parent_pool, sorted(set(got.source.values()))))
+
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=child, args=(there,))
+    proc.start()
+    assert here.poll(20), "the child did not answer"
+    assert here.recv() == (True, ["fhir"])
+    proc.join(10)
+    assert proc.exitcode == 0
