@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--fresh-ids", action="store_true")
+    ap.add_argument("--observations", type=int, default=None,
+                    help="Observations in the request (default: the typical 30)")
     ap.add_argument("--profile", help="also write a cProfile of the measured calls here")
     args = ap.parse_args(argv)
 
@@ -103,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                       "database_url": f"sqlite:///{tmp}/stages.sqlite3"})
     names = instrument(app)
     client = app.test_client()
-    base = typical_request()
+    base = typical_request(args.observations) if args.observations else typical_request()
+    warm = min(20, args.calls)
     bodies = [json.dumps(fresh(base, i) if args.fresh_ids else base).encode()
-              for i in range(args.calls + 20)]
-    for body in bodies[:20]:   # warm-up
+              for i in range(args.calls + warm)]
+    for body in bodies[:warm]:   # warm-up
         assert client.post(SERVICE, data=body, content_type="application/json").status_code == 200
     per_stage: dict[str, list[float]] = {n: [] for n in names}
     totals: list[float] = []
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     prof = cProfile.Profile() if args.profile else None
     gc.collect()
     p0 = time.process_time()
-    for body in bodies[20:]:
+    for body in bodies[warm:]:
         _spent.clear()
         if prof:
             prof.enable()
