@@ -164,6 +164,10 @@ def abort_session(session: requests.Session) -> None:
 #: Fetch threads a process may hold, as a multiple of ``fhir_max_workers`` (fetches per call).
 POOL_THREADS_PER_CALL_SLOT = 16
 
+#: How long a call whose budget ran out waits for its fetches to return once their sockets
+#: are shut (they return within milliseconds; a thread stuck elsewhere is not waited for).
+STRAGGLER_WAIT = 0.25
+
 _pool_lock = threading.Lock()
 _pool: tuple[int, cf.ThreadPoolExecutor] | None = None
 
@@ -592,8 +596,12 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
         finally:
             if own_session:
                 # The call's own pool: shut its sockets, so a straggler (a server that
-                # drip-feeds its answer) returns now instead of holding a thread and a socket.
+                # drip-feeds its answer) returns now instead of holding a thread and a socket,
+                # and let it return before the call does: its thread is idle again for the
+                # next call, which would otherwise start a new one.
                 abort_session(http)
+                if running:
+                    cf.wait(running, timeout=STRAGGLER_WAIT)
         log.info("fhir fetch", extra={"fields": {
             "keys_fetched": sorted(k for k in jobs if out.source.get(k) == "fhir"),
             "keys_failed": sorted(k for k in jobs if k in unavailable),
