@@ -9,6 +9,7 @@ Resources that could not be trusted never become facts; ``excluded`` says
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime
 
 from cds.clinical.drafts import DosagePlan
@@ -39,8 +40,10 @@ class Measurement:
     region_text: str | None = None
     device: str | None = None      # Observation.device (reference or display), when sent
 
-    @property
+    @cached_property
     def day(self) -> date:
+        # read many times per Measurement by evaluate: computed once (kept in the instance's
+        # __dict__, outside the fields: equality, hash and replace() do not see it)
         return self.when.date()
 
 
@@ -56,7 +59,7 @@ def new_measurement(kind: str, value: float, unit: str, when: datetime, code: st
     other). The same object: fields, equality, hash, still frozen."""
     values = locals()
     m = _new_object(Measurement)
-    m.__dict__.update(values)
+    m.__dict__.update(values, day=when.date())   # ``day`` ready (cached_property's own slot)
     return m
 
 

@@ -25,7 +25,10 @@ def test_new_measurement_is_the_same_object_as_the_constructor_makes() -> None:
                   display="DXA Lumbar spine [T-score] Bone density", original_value=-2.6,
                   original_unit="{T-score}", site="lumbar-spine", resource_id="o1")
     fast, slow = new_measurement(**values), Measurement(**values)  # type: ignore[arg-type]
-    assert fast == slow and hash(fast) == hash(slow) and vars(fast) == vars(slow)
+    assert fast == slow and hash(fast) == hash(slow)
+    assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
+    assert fast.day == slow.day == values["when"].date()  # type: ignore[attr-defined]
+    assert vars(fast) == vars(slow)   # slow.day now computed and kept too
     assert dataclasses.replace(fast, device="Device/1").device == "Device/1"
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.value = 0.0  # type: ignore[misc]
