@@ -137,6 +137,7 @@ class FhirTestServer:
     override: Callable[[str, dict[str, list[str]]], tuple[int, dict[str, str], bytes] | None] | None = None
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
+    connections: int = 0               # TCP connections accepted (keep-alive reuse shows here)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -156,6 +157,11 @@ class FhirTestServer:
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                with server._lock:
+                    server.connections += 1
+                super().setup()
 
             def do_GET(self) -> None:  # noqa: N802
                 server._handle(self)
@@ -203,6 +209,7 @@ class FhirTestServer:
             if not keep_resources:
                 self.resources.clear()
             self.requests.clear()
+            self.connections = 0
         self.token = None
         self.delay = 0.0
         self.fail_status = None

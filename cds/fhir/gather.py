@@ -12,10 +12,11 @@ For every prefetch key the service declares (its *templates*):
 Independent fetches run concurrently (up to ``MSKCDS_FHIR_MAX_WORKERS`` per call, on the
 process's reused fetch threads), every HTTP call has connect/read timeouts, and the whole
 gathering step has one time budget and one byte budget (``MSKCDS_FHIR_TOTAL_BUDGET``,
-``MSKCDS_FHIR_MAX_CALL_BYTES``: all keys and pages of one call together). Each call has its
-own connection pool: when the time budget ends, every socket it opened is shut down, so no
-connection outlives the call and its fetch threads return to the pool at once (a
-drip-feeding server cannot pile them up). Anything
+``MSKCDS_FHIR_MAX_CALL_BYTES``: all keys and pages of one call together). Connections to a
+FHIR server are kept alive and reused by the process's later calls (no TCP or TLS handshake
+per key per call); when a call's time budget ends, the sockets its fetches are still using
+are shut down and never pooled again, so its fetch threads return at once (a drip-feeding
+server cannot pile up threads or sockets). Anything
 that cannot be had (no fhirServer, an unresolvable template token, an error or
 timeout, a wrong answer) makes the call fail with 412 (``PrefetchUnavailable``)
 naming the keys; the service never answers on part of the data.
@@ -90,46 +91,113 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-class _AbortableAdapter(HTTPAdapter):
-    """An adapter that remembers every socket its pools open, so that ``abort()`` can shut
-    them all down: a fetch thread blocked reading one returns at once."""
+class Lease:
+    """One call's hold on the process's pooled connections: the connections (and their
+    sockets) its fetches are using right now, so that ``abort`` at the end of its budget shuts
+    exactly those, and a connection it gives back afterwards is closed, never reused. A
+    connection given back in time goes back to the pool for the next call (keep-alive: no new
+    TCP or TLS handshake per key per call)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._sockets: set[socket.socket] = set()
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._aborted = False
-        super().__init__(**kwargs)
+        self._conns: set[Any] = set()
+        self._socks: set[socket.socket] = set()
+        self.aborted = False
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        adapter = self
-
-        class Plain(HTTPConnection):
-            def _new_conn(self) -> socket.socket:
-                return adapter._track(super()._new_conn())
-
-        class Tls(HTTPSConnection):
-            def _new_conn(self) -> socket.socket:
-                return adapter._track(super()._new_conn())
-
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": type("PlainPool", (HTTPConnectionPool,), {"ConnectionCls": Plain}),
-            "https": type("TlsPool", (HTTPSConnectionPool,), {"ConnectionCls": Tls})}
-
-    def _track(self, sock: socket.socket) -> socket.socket:
+    def hold(self, conn: Any) -> None:
         with self._lock:
-            self._sockets.add(sock)
-            aborted = self._aborted
-        if aborted:  # opened after the budget ended: never used
+            self._conns.add(conn)
+            if conn.sock is not None:   # a pooled connection, already open
+                self._socks.add(conn.sock)
+
+    def track(self, sock: socket.socket) -> None:
+        """A socket opened for one of this call's connections (shut at once after abort)."""
+        with self._lock:
+            self._socks.add(sock)
+            aborted = self.aborted
+        if aborted:
             _shut(sock)
-        return sock
+
+    def let_go(self, conn: Any) -> bool:
+        """``conn`` is given back; False: the call was aborted, close it instead of pooling it."""
+        with self._lock:
+            self._conns.discard(conn)
+            self._socks.discard(conn.sock)
+            return not self.aborted
 
     def abort(self) -> None:
         with self._lock:
-            self._aborted = True
-            sockets = list(self._sockets)
-        for sock in sockets:
+            self.aborted = True
+            socks = self._socks | {c.sock for c in self._conns if c.sock is not None}
+        for sock in socks:
             _shut(sock)
+
+
+_leases = threading.local()   # the Lease of the call whose fetch this thread is running
+
+
+def _current_lease() -> Lease | None:
+    return getattr(_leases, "lease", None)
+
+
+def _leased(lease: Lease, fn: Any, *args: Any) -> Any:
+    """Run one of a call's fetches (on a fetch thread) under that call's lease."""
+    _leases.lease = lease
+    try:
+        return fn(*args)
+    finally:
+        _leases.lease = None
+
+
+class _LeasedConnections:
+    """Pool side: a connection checked out or given back is entered in, or taken out of, the
+    lease of the call running on this thread (none: a session used outside gather)."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        lease = _current_lease()
+        if lease is not None:
+            lease.hold(conn)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        lease = _current_lease()
+        if conn is not None and lease is not None and not lease.let_go(conn):
+            conn.close()
+            conn = None
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _PlainConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        lease = _current_lease()
+        if lease is not None:
+            lease.track(sock)
+        return sock
+
+
+class _TlsConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        lease = _current_lease()
+        if lease is not None:
+            lease.track(sock)
+        return sock
+
+
+class _PlainPool(_LeasedConnections, HTTPConnectionPool):
+    ConnectionCls = _PlainConnection
+
+
+class _TlsPool(_LeasedConnections, HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
+
+
+class _LeasedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PlainPool, "https": _TlsPool}
 
 
 def _shut(sock: socket.socket) -> None:
@@ -140,24 +208,34 @@ def _shut(sock: socket.socket) -> None:
 
 
 def make_session(config: Config) -> requests.Session:
-    """A pooled session: no cookies, no retries, nothing from the environment (proxies,
-    .netrc credentials). ``gather`` makes one per call (see the module docstring)."""
+    """A pooled session: no cookies, no retries by urllib3 (``_Fetcher`` sends a GET again
+    once, only when its connection failed before any answer), nothing from the environment
+    (proxies, .netrc credentials). Connections are kept alive per FHIR server origin and shared by the
+    process's calls (each request carries its own call's token; a session holds none);
+    ``gather`` uses one per process (``shared_session``)."""
     session = requests.Session()
     session.trust_env = False
     session.cookies.set_policy(_NoCookies())
-    pool = max(4, config.fhir_max_workers * 2)
-    adapter = _AbortableAdapter(pool_connections=8, pool_maxsize=pool, max_retries=0)
+    threads = max(1, config.fhir_max_workers) * POOL_THREADS_PER_CALL_SLOT
+    adapter = _LeasedAdapter(pool_connections=32, pool_maxsize=threads, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
 
 
-def abort_session(session: requests.Session) -> None:
-    """Shut down every connection ``session`` opened (its fetch threads then return)."""
-    for adapter in set(session.adapters.values()):
-        if isinstance(adapter, _AbortableAdapter):
-            adapter.abort()
-    session.close()
+_session_lock = threading.Lock()
+_session: tuple[int, requests.Session] | None = None
+
+
+def shared_session(config: Config) -> requests.Session:
+    """This process's session (its connections kept alive across calls); made again in a
+    forked child, whose parent's sockets it must not share."""
+    global _session
+    pid = os.getpid()
+    with _session_lock:
+        if _session is None or _session[0] != pid:
+            _session = (pid, make_session(config))
+        return _session[1]
 
 
 # --------------------------------------------------------------------------- fetch threads
@@ -370,11 +448,8 @@ class _Fetcher:
             left = self.remaining()
             if left <= 0:
                 raise Unavailable("the time budget for the FHIR server ran out")
-            timeout = (min(self.config.fhir_connect_timeout, left),
-                       min(self.config.fhir_read_timeout, left))
             try:
-                resp = self.session.get(url, headers=self._headers, timeout=timeout,
-                                        allow_redirects=False, stream=True)
+                resp = self._send(url)
             except requests.Timeout:
                 raise Unavailable("the FHIR server did not answer in time") from None
             except requests.RequestException as exc:
@@ -409,6 +484,25 @@ class _Fetcher:
             except RecursionError:  # not our bug: no "fetch failed unexpectedly" error line
                 raise Unavailable("the FHIR server's answer is nested too deeply") from None
         raise Unavailable("too many redirects from the FHIR server")
+
+    def _send(self, url: str) -> requests.Response:
+        """GET ``url`` within what is left of the budget, once more on a new connection when
+        the first one failed before any answer: a kept-alive connection that the server closed
+        meanwhile (GET is idempotent). A timeout is not tried again."""
+        for attempt in (1, 2):
+            left = self.remaining()
+            timeout = (min(self.config.fhir_connect_timeout, left),
+                       min(self.config.fhir_read_timeout, left))
+            try:
+                return self.session.get(url, headers=self._headers, timeout=timeout,
+                                        allow_redirects=False, stream=True)
+            except requests.Timeout:
+                raise
+            except requests.ConnectionError:
+                lease = _current_lease()
+                if attempt == 2 or self.remaining() <= 0 or (lease is not None and lease.aborted):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _take(self, n: int) -> bool:
         """Charge ``n`` bytes to the call's byte budget; False when it is spent."""
@@ -553,8 +647,8 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
         jobs = {}
 
     if jobs:
-        own_session = session is None
-        http = session if session is not None else make_session(config)
+        lease = Lease()
+        http = session if session is not None else shared_session(config)
         fetcher = _Fetcher(str(fhir_server), token, config, http, deadline)
         pool = fetch_pool(config)
         waiting = list(jobs.items())
@@ -563,9 +657,9 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
         def start_next() -> None:
             key, (template, first, url) = waiting.pop(0)
             if template.is_read and url is not None:  # a read is never a paged Bundle
-                running[pool.submit(fetcher.read, template, url)] = key
+                running[pool.submit(_leased, lease, fetcher.read, template, url)] = key
             else:
-                running[pool.submit(fetcher.search, template, first, url)] = key
+                running[pool.submit(_leased, lease, fetcher.search, template, first, url)] = key
 
         try:
             # at most fhir_max_workers of this call's fetches at once; the next starts as one ends
@@ -594,14 +688,14 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], *, config: 
             for key, _ in waiting:
                 unavailable[key] = "the time budget for the FHIR server ran out"
         finally:
-            if own_session:
-                # The call's own pool: shut its sockets, so a straggler (a server that
+            if running:
+                # Shut the sockets of the fetches still running, so a straggler (a server that
                 # drip-feeds its answer) returns now instead of holding a thread and a socket,
                 # and let it return before the call does: its thread is idle again for the
-                # next call, which would otherwise start a new one.
-                abort_session(http)
-                if running:
-                    cf.wait(running, timeout=STRAGGLER_WAIT)
+                # next call, which would otherwise start a new one. Connections given back
+                # before the end stay pooled for the next call.
+                lease.abort()
+                cf.wait(running, timeout=STRAGGLER_WAIT)
         log.info("fhir fetch", extra={"fields": {
             "keys_fetched": sorted(k for k in jobs if out.source.get(k) == "fhir"),
             "keys_failed": sorted(k for k in jobs if k in unavailable),

@@ -535,3 +535,99 @@ def test_a_forked_child_gets_its_own_fetch_threads(fhir):
     assert here.recv() == (True, ["fhir"])
     proc.join(10)
     assert proc.exitcode == 0
+
+
+# --------------------------------------------------------------------------- kept-alive connections
+def test_later_calls_reuse_the_connections_of_earlier_ones(fhir):
+    """Calls without a session of their own share the process's kept-alive connections: five
+    calls of four keys each open at most four connections, not twenty."""
+    fhir.load(patient(), obs("o1"))
+    for _ in range(5):
+        got = run(TEMPLATES, request({}, fhir.base_url), None)
+        assert set(got.source.values()) == {"fhir"}
+    assert len(fhir.asked()) == 5 * len(TEMPLATES)
+    assert fhir.connections <= len(TEMPLATES), fhir.connections
+
+
+def test_each_request_carries_only_its_own_calls_token(fhir):
+    """Shared connections, separate credentials: each call's requests carry that call's token
+    and no other (a session holds none)."""
+    fhir.load(patient(), obs("o1"))
+    tokens = [f"tok-{uuid.uuid4().hex}" for _ in range(3)]
+    for tok in tokens:
+        run(TEMPLATES, request({}, fhir.base_url, token=tok), None)
+    run(TEMPLATES, request({}, fhir.base_url, token=None), None)
+    sent = [r.headers.get("Authorization") for r in fhir.asked()]
+    expected = [f"Bearer {t}" for t in tokens for _ in TEMPLATES] + [None] * len(TEMPLATES)
+    assert sent == expected
+
+
+class _ClosesKeptAliveConnections:
+    """An HTTP/1.1 server that answers the first request of each connection (keep-alive, no
+    "Connection: close") and then closes the connection without a word when the next one comes:
+    what a client meets when a server drops an idle connection just as it is reused."""
+
+    def __init__(self, body: bytes) -> None:
+        import socket
+        import threading
+
+        self.body = body
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self.dropped = 0
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+
+    def _serve(self, conn: Any) -> None:
+        with conn:
+            first = True
+            buf = b""
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                if b"\r\n\r\n" not in buf:
+                    continue
+                buf = b""
+                if not first:
+                    self.dropped += 1
+                    return   # closed, nothing answered
+                first = False
+                self.answered += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+                             b"Content-Length: " + str(len(self.body)).encode() + b"\r\n\r\n"
+                             + self.body)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced_not_a_412():
+    body = json.dumps(patient()).encode()
+    server = _ClosesKeptAliveConnections(body)
+    try:
+        base = f"http://127.0.0.1:{server.port}/fhir"
+        templates = {"patient": TEMPLATES["patient"]}
+        for _ in range(3):
+            got = run(templates, request({}, base), None)
+            assert got.by_key["patient"][0]["id"] == "p1"
+        assert server.answered == 3
+        assert server.dropped >= 1   # the second and third calls first met a dropped connection
+    finally:
+        server.close()
