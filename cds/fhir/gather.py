@@ -168,22 +168,23 @@ class _LeasedConnections:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class _PlainConnection(HTTPConnection):
+class _LeasedSockets:
+    """Connection side: a socket opened is entered in the lease of the call on this thread."""
+
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         lease = _current_lease()
         if lease is not None:
             lease.track(sock)
         return sock
 
 
-class _TlsConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        lease = _current_lease()
-        if lease is not None:
-            lease.track(sock)
-        return sock
+class _PlainConnection(_LeasedSockets, HTTPConnection):
+    pass
+
+
+class _TlsConnection(_LeasedSockets, HTTPSConnection):
+    pass
 
 
 class _PlainPool(_LeasedConnections, HTTPConnectionPool):

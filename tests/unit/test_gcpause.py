@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
@@ -32,22 +33,31 @@ def test_off_inside_on_after_even_when_the_call_raises() -> None:
     assert gc.isenabled()
 
 
-def test_overlapping_calls_turn_it_back_on_when_the_last_one_ends() -> None:
+@contextmanager
+def _another_call() -> Iterator[None]:
+    """A call on another thread holds the pause for as long as the block runs."""
     inside, release = threading.Event(), threading.Event()
 
-    def other_call() -> None:
+    def call() -> None:
         with gcpause.paused():
             inside.set()
             release.wait(5)
 
-    t = threading.Thread(target=other_call)
+    t = threading.Thread(target=call)
     t.start()
     assert inside.wait(5)
-    with gcpause.paused():
-        assert gcpause.state() == (2, True)
-    assert not gc.isenabled()          # the other call still runs
-    release.set()
-    t.join(5)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join(5)
+
+
+def test_overlapping_calls_turn_it_back_on_when_the_last_one_ends() -> None:
+    with _another_call():
+        with gcpause.paused():
+            assert gcpause.state() == (2, True)
+        assert not gc.isenabled()          # the other call still runs
     assert gc.isenabled()
 
 
@@ -67,30 +77,18 @@ def test_under_steady_overlap_cyclic_garbage_is_collected_after_max_pause(monkey
     """Calls that keep overlapping never let the count reach zero: the first call to end after
     MAX_PAUSE runs a full collection, so a cycle dropped meanwhile does not live on."""
     monkeypatch.setattr(gcpause, "MAX_PAUSE", 0.05)
-    release = threading.Event()
-    holding = threading.Event()
-
-    def long_call() -> None:
-        with gcpause.paused():
-            holding.set()
-            release.wait(5)
-
-    t = threading.Thread(target=long_call)
-    t.start()
-    assert holding.wait(5)
-    node = _Node()
-    gone = weakref.ref(node)
-    del node
-    with gcpause.paused():     # ends before MAX_PAUSE: nothing collected yet
-        pass
-    assert gone() is not None and not gc.isenabled()
-    time.sleep(0.1)
-    with gcpause.paused():     # ends after MAX_PAUSE: a full collection
-        pass
-    assert gone() is None
-    assert not gc.isenabled()  # the long call still runs: still paused
-    release.set()
-    t.join(5)
+    with _another_call():
+        node = _Node()
+        gone = weakref.ref(node)
+        del node
+        with gcpause.paused():     # ends before MAX_PAUSE: nothing collected yet
+            pass
+        assert gone() is not None and not gc.isenabled()
+        time.sleep(0.1)
+        with gcpause.paused():     # ends after MAX_PAUSE: a full collection
+            pass
+        assert gone() is None
+        assert not gc.isenabled()  # the other call still runs: still paused
 
 
 def test_a_service_call_leaves_the_collector_on(tmp_path) -> None:
