@@ -121,3 +121,21 @@ def test_a_service_call_leaves_the_collector_on(tmp_path) -> None:
     assert bad.status_code == 400
     assert seen == [False]
     assert gc.isenabled()
+
+
+@pytest.mark.slow
+def test_a_child_forked_during_a_call_starts_with_the_collector_on() -> None:
+    import multiprocessing
+
+    def child(conn: Any) -> None:
+        conn.send((gc.isenabled(), gcpause.state()))
+
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    with gcpause.paused():
+        proc = ctx.Process(target=child, args=(there,))
+        proc.start()
+    assert here.poll(20)
+    assert here.recv() == (True, (0, False))
+    proc.join(10)
+    assert proc.exitcode == 0
