@@ -281,9 +281,13 @@ def _validate_observation(res: Mapping[str, Any]) -> None:
         raise _Drop("not valid FHIR R4 (value[x]: more than one)")
     if effectives > 1:
         raise _Drop("not valid FHIR R4 (effective[x]: more than one)")
-    _validated(CodeableConcept, res.get("code"), "code")
-    _validated(Reference, res.get("subject"), "subject")
-    if "valueQuantity" in res:
+    # the fast check first, here (the usual outcome), then the model when it says "ask"
+    code, subject = res.get("code"), res.get("subject")
+    if not _fast_concept(code):
+        _validated(CodeableConcept, code, "code")
+    if not _fast_reference(subject):
+        _validated(Reference, subject, "subject")
+    if "valueQuantity" in res and not _fast_quantity(res["valueQuantity"]):
         _validated(Quantity, res["valueQuantity"], "valueQuantity")
     components = res.get("component")
     if components is not None:
@@ -482,6 +486,8 @@ def parse_datetime(value: Any) -> datetime | None:
             dt = datetime.fromisoformat(value)
         except ValueError:
             return _datetime_of(m)
+        if dt.tzinfo is timezone.utc:   # "…Z": already what is returned
+            return dt
         return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
                 ).astimezone(timezone.utc)
     return _datetime_of(m)
@@ -599,7 +605,7 @@ def _observation(res: Mapping[str, Any], patient_id: str, term: Terminology,
     _check_status(res, term)
     # from here on it is this patient's result: if it cannot be used, say for which kinds
     # (facts.unusable), so evaluate never reads "not measured" into "measured but unusable"
-    when = _observation_date(res, latest_day, [meaning.kind for meaning, _, _ in meanings])
+    when = _observation_date(res, latest_day, meanings)
     out: list[Measurement] = []
     reasons: list[str] = []
     failed: list[str] = []
@@ -660,13 +666,14 @@ def _check_status(res: Mapping[str, Any], term: Terminology) -> None:
                     else "status missing or not an ObservationStatus code")
 
 
-def _observation_date(res: Mapping[str, Any], latest_day: date, kinds: Sequence[str]) -> datetime:
+def _observation_date(res: Mapping[str, Any], latest_day: date,
+                      meanings: Sequence[tuple[ObservationCode, Any, str]]) -> datetime:
     try:
         when = _effective(res)
     except _Drop as why:
-        raise why.about(kinds) from None
+        raise why.about([meaning.kind for meaning, _, _ in meanings]) from None
     if when.date() > latest_day:
-        raise _Drop("dated in the future", kinds, when)
+        raise _Drop("dated in the future", [meaning.kind for meaning, _, _ in meanings], when)
     return when
 
 
