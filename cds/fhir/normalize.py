@@ -319,30 +319,21 @@ def _fast_string(v: Any) -> bool:
     return type(v) is str and _ASCII_WORD.search(v) is not None
 
 
-def _fast_code(v: Any) -> bool:
-    return type(v) is str and _FAST_CODE.fullmatch(v) is not None
-
-
-def _fast_uri(v: Any) -> bool:
-    return type(v) is str and _FAST_URI.fullmatch(v) is not None
-
-
-def _fast_boolean(v: Any) -> bool:
-    return v is True or v is False
-
-
 def _fast_decimal(v: Any) -> bool:
     # str() of an int or a finite float always matches the decimal pattern
     return (type(v) is int and -_BIG_INT < v < _BIG_INT) or (type(v) is float and math.isfinite(v))
 
 
-# Per element: each of the model's own fields and the check of its value (a key not listed is
-# an unknown field, an error for the model: extra="forbid").
-_CODING_FIELDS = {"system": _fast_uri, "version": _fast_string, "code": _fast_code,
-                  "display": _fast_string, "userSelected": _fast_boolean}
-_REFERENCE_FIELDS = {"reference": _fast_string, "type": _fast_uri, "display": _fast_string}
-_QUANTITY_FIELDS = {"value": _fast_decimal, "comparator": _fast_code, "unit": _fast_string,
-                    "system": _fast_uri, "code": _fast_code}
+# Per element: each of the model's own fields and how its value is checked (a key not listed is
+# an unknown field, an error for the model: extra="forbid"). A string field's check is the
+# pattern's own match method (C, no Python call per field); boolean and decimal are marked.
+_BOOLEAN, _DECIMAL = object(), object()
+_STRING, _CODE, _URI = _ASCII_WORD.search, _FAST_CODE.fullmatch, _FAST_URI.fullmatch
+_CODING_FIELDS = {"system": _URI, "version": _STRING, "code": _CODE, "display": _STRING,
+                  "userSelected": _BOOLEAN}
+_REFERENCE_FIELDS = {"reference": _STRING, "type": _URI, "display": _STRING}
+_QUANTITY_FIELDS = {"value": _DECIMAL, "comparator": _CODE, "unit": _STRING, "system": _URI,
+                    "code": _CODE}
 
 
 def _fast_fields(v: Any, fields_: Mapping[str, Any]) -> bool:
@@ -350,7 +341,15 @@ def _fast_fields(v: Any, fields_: Mapping[str, Any]) -> bool:
         return False
     for key, item in v.items():
         check = fields_.get(key)
-        if check is None or not check(item):
+        if check is None:
+            return False
+        if type(item) is str:
+            if check is _BOOLEAN or check is _DECIMAL or check(item) is None:
+                return False
+        elif check is _BOOLEAN:
+            if item is not True and item is not False:
+                return False
+        elif check is not _DECIMAL or not _fast_decimal(item):
             return False
     return True
 
