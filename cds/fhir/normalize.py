@@ -102,6 +102,7 @@ _DATETIME = re.compile(
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _UNIT_SHOWN = re.compile(r"^[A-Za-z0-9_\[\]{}/.\-*^%']{1,24}$")  # UCUM-like: safe to name in a reason
 
 
@@ -188,7 +189,12 @@ class _Reader:
             facts.excluded.append(f"{rtype}: could not be read")
 
     def _exclude(self, rtype: str, why: _Drop) -> None:
-        self.facts.excluded.append(f"{rtype}: {why}")
+        reason = str(why)
+        if self.patient_id and self.patient_id in reason:
+            # a value quoted as sent (a unit) that holds the patient's id is not repeated
+            reason = _QUOTED.sub(lambda q: "'?'" if self.patient_id in q.group(0) else q.group(0),
+                                 reason).replace(self.patient_id, "?")
+        self.facts.excluded.append(f"{rtype}: {reason}")
         _count_unusable(self.facts, why.kinds, why.when)
 
     def done(self) -> PatientFacts:

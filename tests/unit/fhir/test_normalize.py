@@ -873,3 +873,13 @@ def test_cql_services_requests_with_mismatched_ids_give_no_facts(term, shared_di
     assert (facts.gender, facts.birth_date, facts.measurements) == (None, None, {})
     assert facts.conditions == {} and facts.medications == {}
     assert facts.excluded == ["Patient: not the patient in context"]
+
+
+def test_a_unit_as_sent_that_holds_the_patient_id_is_not_repeated_in_the_reason(term):
+    """The reason for an unaccepted unit quotes the unit as sent, unless it holds the patient's
+    id (a sender that put it there): then '?' stands in its place."""
+    res = obs(VITD, 30, "mmol-x")
+    res["valueQuantity"]["code"] = res["valueQuantity"]["unit"] = PID
+    assert run(term, res).excluded == ["Observation: unit '?' not accepted for vitamin-d-25oh"]
+    assert run(term, obs(VITD, 30, "mmol-x")).excluded == [
+        "Observation: unit 'mmol-x' not accepted for vitamin-d-25oh"]
