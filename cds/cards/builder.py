@@ -12,7 +12,6 @@ plus ``{title}``; ``check_templates`` holds rules/cards.yaml to that at start-up
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from datetime import date
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from cds.clinical.facts import Measurement, PatientFacts
 from cds.clinical.findings import FINDING_VARIABLES, Applied, Finding, MassValue, variable_names
 from cds.hooks import wire
+from cds.ids import new_id
 from cds.knowledge import card_text
 from cds.knowledge.card_text import CardRules, CardText
 from cds.knowledge.intervals import Interval, fmt_number, fmt_on_side
@@ -58,7 +58,7 @@ def build_card(finding: Finding, facts: PatientFacts, rules: Rules,
     citations = [rules.citations[c] for c in finding.citations if c in rules.citations]
     source_cit = citations[0] if citations else None
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": new_id(),
         "summary": summary,
         "indicator": finding.indicator,
         "detail": _detail(finding, card_rules, values, rules),
@@ -313,7 +313,7 @@ def _suggestions(finding: Finding, facts: PatientFacts, rules: Rules, title: str
             continue   # the code this suggestion needs is not in the value sets: no suggestion
         if _uses_empty_regimen(resource):
             continue   # a dosing suggestion without a guideline regimen is never offered
-        suggestion_id = str(uuid.uuid4())
+        suggestion_id = new_id()
         resource.setdefault("id", suggestion_id)   # a create carries a resource with an id
         item: dict[str, Any] = {"label": tmpl.label, "uuid": suggestion_id,
                                 "actions": [{"type": "create", "description": tmpl.action,
@@ -324,7 +324,7 @@ def _suggestions(finding: Finding, facts: PatientFacts, rules: Rules, title: str
     draft = getattr(finding.variables, "delete", None)
     if draft:   # an order finding whose card offers to remove the draft order it is about
         labels = rules.cards.labels
-        out.insert(0, {"label": labels.delete_order, "uuid": str(uuid.uuid4()),
+        out.insert(0, {"label": labels.delete_order, "uuid": new_id(),
                        "actions": [{"type": "delete", "description": labels.delete_action,
                                     "resourceId": draft}]})
     return out

@@ -3,17 +3,17 @@ every answer carries, and the one JSON request log line (no patient data, no tok
 from __future__ import annotations
 
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 
 from cds import logs, metrics
 from cds.http.state import state
+from cds.ids import new_id
 
 
 def _start() -> Response | None:
     g.start = time.perf_counter()
-    g.log = {"request_id": str(uuid.uuid4())}
+    g.log = {"request_id": new_id()}
     if request.method == "OPTIONS":
         return _preflight()
     return None

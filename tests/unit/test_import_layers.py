@@ -16,7 +16,7 @@ from pathlib import Path
 CDS = Path(__file__).resolve().parents[2] / "cds"
 
 #: bottom first; a unit may import from units before it in this list, and from itself
-LAYERS = ["config", "errors", "logs", "metrics", "urls", "gcpause",   # foundations: settings, errors, logs, gc
+LAYERS = ["config", "errors", "logs", "metrics", "urls", "gcpause", "ids",   # foundations: settings, errors, logs, gc
           "knowledge",        # rules/*.yaml → typed knowledge, the vocabulary
           "hooks",            # CDS Hooks wire schemas, the service registry
           "clinical",         # typed facts → typed findings (one module per domain)
