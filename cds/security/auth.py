@@ -144,8 +144,9 @@ class Authenticator:
     # ------------------------------------------------------------------------ the checks
     def verify(self, token: str, endpoint_url: str) -> tuple[TrustedClient, dict[str, Any]]:
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            # header and claims read at once (one parse; the signed decode below is the other)
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = parsed["header"], parsed["payload"]
         except (DecodeError, InvalidTokenError) as exc:
             raise Unauthorized(f"malformed JWT: {exc}") from None
 
