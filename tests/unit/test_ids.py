@@ -1,7 +1,7 @@
 """cds.ids: UUID version 4 from a buffered CSPRNG read, unique across threads and forks."""
 from __future__ import annotations
 
-import threading
+import concurrent.futures as cf
 import uuid
 from typing import Any
 
@@ -19,19 +19,9 @@ def test_each_id_is_a_version_4_rfc_9562_uuid_in_canonical_form() -> None:
 
 
 def test_no_id_repeats_across_threads() -> None:
-    seen: list[str] = []
-    lock = threading.Lock()
-
-    def take() -> None:
-        mine = [ids.new_id() for _ in range(2000)]
-        with lock:
-            seen.extend(mine)
-
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    with cf.ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [ids.new_id() for _ in range(2000)], range(8)))
+    seen = [one for batch in batches for one in batch]
     assert len(seen) == 16000 and len(set(seen)) == 16000
 
 
