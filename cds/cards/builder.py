@@ -4,7 +4,7 @@ Every word, citation, suggestion template and override reason comes from the
 loaded rules (rules/cards.yaml, rules/citations.yaml); this module only fills
 templates and lays the card out. With ``MSKCDS_CHECK_CARDS`` on (the test suite) every
 card is checked with ``wire.check_card`` before it leaves; card and suggestion uuids are
-fresh (uuid4) per card.
+fresh (UUID v4, ``cds.ids``) per card.
 
 A card's ``{placeholders}`` are its finding's typed variables (cds.clinical.findings)
 plus ``{title}``; ``check_templates`` holds rules/cards.yaml to that at start-up.
