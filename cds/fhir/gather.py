@@ -211,9 +211,9 @@ def _shut(sock: socket.socket) -> None:
 def make_session(config: Config) -> requests.Session:
     """A pooled session: no cookies, no retries by urllib3 (``_Fetcher`` sends a GET again
     once, only when its connection failed before any answer), nothing from the environment
-    (proxies, .netrc credentials). Connections are kept alive per FHIR server origin and shared by the
-    process's calls (each request carries its own call's token; a session holds none);
-    ``gather`` uses one per process (``shared_session``)."""
+    (proxies, .netrc credentials). Connections are kept alive per FHIR server origin and
+    shared by the process's calls (each request carries its own call's token; a session
+    holds none); ``gather`` uses one per process (``shared_session``)."""
     session = requests.Session()
     session.trust_env = False
     session.cookies.set_policy(_NoCookies())
