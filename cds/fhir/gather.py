@@ -224,19 +224,29 @@ def make_session(config: Config) -> requests.Session:
     return session
 
 
-_session_lock = threading.Lock()
-_session: tuple[int, requests.Session] | None = None
+# This process's session and fetch threads, made on first use. A forked child starts without
+# them: the parent's threads are not there, and its sockets must not be shared.
+_lazy_lock = threading.Lock()
+_session: requests.Session | None = None
+_pool: cf.ThreadPoolExecutor | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _lazy_lock, _session, _pool
+    _lazy_lock, _session, _pool = threading.Lock(), None, None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_session(config: Config) -> requests.Session:
     """This process's session (its connections kept alive across calls); made again in a
     forked child, whose parent's sockets it must not share."""
     global _session
-    pid = os.getpid()
-    with _session_lock:
-        if _session is None or _session[0] != pid:
-            _session = (pid, make_session(config))
-        return _session[1]
+    with _lazy_lock:
+        if _session is None:
+            _session = make_session(config)
+        return _session
 
 
 # --------------------------------------------------------------------------- fetch threads
@@ -247,9 +257,6 @@ POOL_THREADS_PER_CALL_SLOT = 16
 #: are shut (they return within milliseconds; a thread stuck elsewhere is not waited for).
 STRAGGLER_WAIT = 0.25
 
-_pool_lock = threading.Lock()
-_pool: tuple[int, cf.ThreadPoolExecutor] | None = None
-
 
 def fetch_pool(config: Config) -> cf.ThreadPoolExecutor:
     """This process's fetch threads, shared by its calls. A call that started its own threads
@@ -259,12 +266,11 @@ def fetch_pool(config: Config) -> cf.ThreadPoolExecutor:
     (shut down when their call's budget ends) leave the others free short of that. Made again
     in a forked child (the parent's threads are not there)."""
     global _pool
-    pid = os.getpid()
-    with _pool_lock:
-        if _pool is None or _pool[0] != pid:
+    with _lazy_lock:
+        if _pool is None:
             size = max(1, config.fhir_max_workers) * POOL_THREADS_PER_CALL_SLOT
-            _pool = (pid, cf.ThreadPoolExecutor(max_workers=size, thread_name_prefix="mskcds-fhir"))
-        return _pool[1]
+            _pool = cf.ThreadPoolExecutor(max_workers=size, thread_name_prefix="mskcds-fhir")
+        return _pool
 
 
 # --------------------------------------------------------------------------- templates

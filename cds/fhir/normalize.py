@@ -240,7 +240,7 @@ def _is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
 
 
 def _is_patient(ref: Any, patient_id: str) -> bool:
-    if type(ref) is not dict and not isinstance(ref, Mapping):
+    if not _is_map(ref):
         return False
     value = ref.get("reference")
     if not isinstance(value, str):
@@ -471,12 +471,12 @@ def _check_model(model: Any, value: Any, prefix: str) -> str:
 
 
 def _codings(concept: Any) -> list[Mapping[str, Any]]:
-    if type(concept) is not dict and not isinstance(concept, Mapping):
+    if not _is_map(concept):
         return []
     codings = concept.get("coding")
     if not isinstance(codings, list):
         return []
-    return [c for c in codings if type(c) is dict or isinstance(c, Mapping)]
+    return [c for c in codings if _is_map(c)]
 
 
 def parse_datetime(value: Any) -> datetime | None:
