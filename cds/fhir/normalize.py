@@ -493,9 +493,17 @@ def parse_datetime(value: Any) -> datetime | None:
             return _datetime_of(m)
         if dt.tzinfo is timezone.utc:   # "…Z": already what is returned
             return dt
-        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
-                ).astimezone(timezone.utc)
+        return _in_utc(dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc))
     return _datetime_of(m)
+
+
+def _in_utc(dt: datetime) -> datetime | None:
+    """``dt`` in UTC; None when that falls outside the years 1-9999 (0001-01-01T00:00+01:00 is
+    still year 0 in UTC): no date to use, never an OverflowError."""
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:
+        return None
 
 
 def _datetime_of(m: re.Match[str]) -> datetime | None:
@@ -514,7 +522,7 @@ def _datetime_of(m: re.Match[str]) -> datetime | None:
         dt = dt.replace(tzinfo=timezone(sign * offset))
     else:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+    return _in_utc(dt)
 
 
 def parse_date_range(value: Any) -> tuple[date, date] | None:

@@ -883,3 +883,17 @@ def test_a_unit_as_sent_that_holds_the_patient_id_is_not_repeated_in_the_reason(
     assert run(term, res).excluded == ["Observation: unit '?' not accepted for vitamin-d-25oh"]
     assert run(term, obs(VITD, 30, "mmol-x")).excluded == [
         "Observation: unit 'mmol-x' not accepted for vitamin-d-25oh"]
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "0001-01-01T00:30+01:00",
+                                   "9999-12-31T23:59:59-01:00"])
+def test_a_datetime_whose_utc_time_falls_outside_the_calendar_is_no_date(term, value):
+    """Year 0 or 10000 once in UTC: no date, so the result is left out saying why (it was an
+    OverflowError, read as "could not be read")."""
+    from cds.fhir.normalize import parse_datetime
+
+    assert parse_datetime(value) is None
+    res = obs(VITD, 30, "ng/mL")
+    res["effectiveDateTime"] = value
+    assert run(term, res).excluded == [
+        "Observation: effectiveDateTime is not a valid FHIR dateTime"]
